@@ -1,0 +1,132 @@
+//! Collectors: one module per agent. Each discovers its agent's files, parses them tolerantly
+//! (bad lines are skipped and counted, never a panic) and turns them into [`UsageEvent`]s.
+//!
+//! A collector is pure: it reads files and returns events plus an opaque cursor state. The local
+//! ledger (crate `tokenledger-ledger`) owns persistence: it stores the cursor of each file, calls
+//! [`Collector::scan`] from the stored offset and state, and merges events by
+//! [`UsageEvent::dedupe_key`] (keeping the largest `total_tokens`), so that the same usage read
+//! twice, from two files or in two runs, counts once.
+
+pub mod env;
+pub mod lines;
+
+pub mod claude;
+pub mod codex;
+
+pub use env::Env;
+
+use std::path::PathBuf;
+use tokenledger_core::{Source, TokenCounts};
+
+/// One usage record: the tokens of one API response (or one delta of a cumulative counter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    pub source: Source,
+    /// When the usage happened, unix seconds (UTC).
+    pub ts: i64,
+    /// Normalised model name (`tokenledger_core::normalize_model`).
+    pub model: String,
+    /// Session (thread) id; private, never leaves the machine.
+    pub session: String,
+    /// Project (cwd or project folder); private, never leaves the machine. May be empty.
+    pub project: String,
+    pub tokens: TokenCounts,
+    /// Content-derived identity of this usage, stable across files and runs (a hash of e.g.
+    /// `claude:<message.id>:<requestId>`). Events with equal keys are the same usage: the ledger
+    /// keeps the one with the largest `total_tokens`.
+    pub dedupe_key: u64,
+    /// Optional replay group (Claude: hash of `message.id`). An event with `replay == true` is
+    /// dropped when a non-replay event of the same group exists under another key.
+    pub group: Option<u64>,
+    /// Whether this event may be a replayed copy (Claude `isSidechain: true`).
+    pub replay: bool,
+}
+
+/// Why a line was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SkipReason {
+    InvalidJson,
+    InvalidUtf8,
+    /// A last line without a newline; left unread until it is complete.
+    TornLastLine,
+    /// A line longer than the reader accepts.
+    TooLong,
+    /// The file could not be opened or read (permissions, a directory, ...).
+    Unreadable,
+    /// A usage-looking line whose fields have the wrong types.
+    BadFields,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::InvalidJson => "invalid JSON",
+            SkipReason::InvalidUtf8 => "invalid UTF-8",
+            SkipReason::TornLastLine => "incomplete last line",
+            SkipReason::TooLong => "line too long",
+            SkipReason::Unreadable => "unreadable file",
+            SkipReason::BadFields => "unexpected field types",
+        }
+    }
+}
+
+/// One skipped line (for `--verbose`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    /// 1-based line number within the part of the file read in this scan (0 for the whole file).
+    pub line: u64,
+    pub reason: SkipReason,
+}
+
+/// A file a collector wants read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundFile {
+    pub source: Source,
+    pub path: PathBuf,
+    /// Whether the file is only readable from the start (zstd, whole-document JSON, SQLite):
+    /// it is re-read whole when it changes, and dedupe keys absorb what was read before.
+    pub whole: bool,
+}
+
+/// The result of scanning one file from an offset.
+#[derive(Debug, Clone, Default)]
+pub struct FileScan {
+    pub events: Vec<UsageEvent>,
+    /// Offset just past the last complete line consumed (for `whole` files: the file size).
+    pub offset: u64,
+    /// Parser state to pass to the next scan of this file (opaque JSON, may be empty).
+    pub state: String,
+    pub skipped: Vec<Skipped>,
+    /// Bytes read in this scan.
+    pub bytes_read: u64,
+}
+
+/// An agent's collector.
+pub trait Collector: Send + Sync {
+    fn source(&self) -> Source;
+    /// Finds this agent's files under the roots the environment names.
+    fn discover(&self, env: &Env) -> Vec<FoundFile>;
+    /// Reads `file` from `offset` (0 for a new, rewritten or truncated file), continuing from
+    /// `state` (what the previous scan returned, or empty). Never panics on any input; a file
+    /// that cannot be read yields a `Skipped` with [`SkipReason::Unreadable`].
+    fn scan(&self, file: &FoundFile, offset: u64, state: &str) -> FileScan;
+}
+
+/// The collectors built into this version.
+pub fn all_collectors() -> Vec<Box<dyn Collector>> {
+    vec![
+        Box::new(codex::CodexCollector),
+        Box::new(claude::ClaudeCollector),
+    ]
+}
+
+/// A stable 64-bit hash for dedupe keys (xxh3; the same on every machine and version).
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.digest()
+}

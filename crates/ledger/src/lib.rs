@@ -1,0 +1,1 @@
+//! tokenledger-ledger (placeholder until built).

@@ -1,0 +1,1 @@
+//! tokenledger-provider (placeholder until built).

@@ -1,0 +1,1 @@
+//! tokenledger-store-postgres (placeholder until built).

@@ -1,0 +1,1 @@
+//! tokenledger-store-sqlite (placeholder until built).

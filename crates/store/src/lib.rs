@@ -1,0 +1,1 @@
+//! tokenledger-store (placeholder until built).

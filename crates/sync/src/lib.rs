@@ -1,0 +1,1 @@
+//! tokenledger-sync (placeholder until built).
