@@ -1,6 +1,7 @@
 //! The `tokenledger` binary: parses flags, runs the command, maps errors to exit codes.
 
 mod report_cmd;
+mod server_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -16,12 +17,18 @@ struct Cli {
 enum Command {
     /// Scan the agents' logs and report usage (no server needed).
     Report(report_cmd::ReportArgs),
+    /// Run the server: ingest, usage API and dashboard.
+    Serve(server_cmd::ServeArgs),
+    /// Administer the server's database (users, rollups, login links).
+    Admin(server_cmd::AdminArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Report(args) => report_cmd::run(args),
+        Command::Serve(args) => server_cmd::serve(args),
+        Command::Admin(args) => server_cmd::admin(args),
     };
     match result {
         Ok(code) => code,
