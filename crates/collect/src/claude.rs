@@ -1,6 +1,30 @@
-//! Claude Code transcripts (to be written).
-use crate::{Collector, Env, FileScan, FoundFile};
-use tokenledger_core::Source;
+//! Claude Code transcripts: `<root>/projects/<slug>/**/*.jsonl`, one JSON object a line.
+//!
+//! Usage sits on `type == "assistant"` lines under `message.usage`. Claude Code writes one line
+//! per content block and repeats the usage on each (with `output_tokens` often an early streaming
+//! snapshot), sidechain `/btw` replays copy parent messages under a new `requestId`, and resumed
+//! sessions copy history into other files. So every event carries a content-derived
+//! [`UsageEvent::dedupe_key`] (`message.id` + `requestId`), a replay `group` (`message.id`) and
+//! `replay = isSidechain`; the ledger keeps the largest event per key and drops replays. The
+//! parser is stateless per line, so the cursor state is always empty.
+
+use crate::lines::for_each_line;
+use crate::{stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, Skipped, UsageEvent};
+use memchr::memmem;
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tokenledger_core::{normalize_model, parse_timestamp, Source, TokenCounts};
+
+/// The model Claude Code writes on placeholder messages for API errors.
+const SYNTHETIC_MODEL: &str = "<synthetic>";
+
+/// Directory levels walked below `projects/` (slug, session, `subagents`, `workflows`, run id,
+/// with room to spare); bounds the walk on odd trees.
+const MAX_DEPTH: usize = 8;
 
 pub struct ClaudeCollector;
 
@@ -8,13 +32,333 @@ impl Collector for ClaudeCollector {
     fn source(&self) -> Source {
         Source::Claude
     }
-    fn discover(&self, _env: &Env) -> Vec<FoundFile> {
-        Vec::new()
-    }
-    fn scan(&self, _file: &FoundFile, offset: u64, _state: &str) -> FileScan {
-        FileScan {
-            offset,
-            ..Default::default()
+
+    fn discover(&self, env: &Env) -> Vec<FoundFile> {
+        let mut files = Vec::new();
+        let mut seen_roots: Vec<PathBuf> = Vec::new();
+        for root in roots(env) {
+            let projects = root.join("projects");
+            // `~/.claude` is sometimes a link to `~/.config/claude`: walk each real root once.
+            let real = fs::canonicalize(&projects).unwrap_or_else(|_| projects.clone());
+            if seen_roots.contains(&real) {
+                continue;
+            }
+            seen_roots.push(real);
+            let mut found = Vec::new();
+            walk_jsonl(&projects, 0, &mut found);
+            found.sort();
+            files.extend(found.into_iter().map(|path| FoundFile {
+                source: Source::Claude,
+                path,
+                whole: false,
+            }));
         }
+        files
+    }
+
+    fn scan(&self, file: &FoundFile, offset: u64, _state: &str) -> FileScan {
+        let ctx = FileContext::new(&file.path);
+        let mut events: Vec<UsageEvent> = Vec::new();
+        // Streamed blocks of one response share a key: keep only the largest within this scan.
+        let mut by_key: HashMap<u64, usize> = HashMap::new();
+        let mut skipped = Vec::new();
+        let mut bad: Vec<(u64, SkipReason)> = Vec::new();
+        let mut line_no: u64 = 0;
+        let (offset, bytes_read) = for_each_line(&file.path, offset, &mut skipped, |line| {
+            line_no += 1;
+            match parse_line(line, &ctx) {
+                Ok(Some(ev)) => match by_key.get(&ev.dedupe_key) {
+                    Some(&i) => {
+                        if ev.tokens.total_tokens > events[i].tokens.total_tokens {
+                            events[i] = ev;
+                        }
+                    }
+                    None => {
+                        by_key.insert(ev.dedupe_key, events.len());
+                        events.push(ev);
+                    }
+                },
+                Ok(None) => {}
+                Err(reason) => bad.push((line_no, reason)),
+            }
+        });
+        skipped.extend(bad.into_iter().map(|(line, reason)| Skipped {
+            path: file.path.clone(),
+            line,
+            reason,
+        }));
+        skipped.sort_by_key(|s| s.line);
+        FileScan {
+            events,
+            offset,
+            state: String::new(),
+            skipped,
+            bytes_read,
+        }
+    }
+}
+
+/// The configuration roots: `$CLAUDE_CONFIG_DIR` (a comma list), else both default locations.
+fn roots(env: &Env) -> Vec<PathBuf> {
+    env.dir_list("CLAUDE_CONFIG_DIR").unwrap_or_else(|| {
+        vec![
+            env.home_join(".config").join("claude"),
+            env.home_join(".claude"),
+        ]
+    })
+}
+
+/// Collects regular `*.jsonl` files under `dir` (symlinked files followed, symlinked directories
+/// not, so a link cycle cannot trap the walk).
+fn walk_jsonl(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let path = entry.path();
+        if kind.is_dir() {
+            walk_jsonl(&path, depth + 1, out);
+            continue;
+        }
+        let is_jsonl = path.extension().is_some_and(|e| e == "jsonl");
+        if !is_jsonl {
+            continue;
+        }
+        let is_file = kind.is_file() || (kind.is_symlink() && path.is_file());
+        if is_file {
+            out.push(path);
+        }
+    }
+}
+
+/// What a file's path says, used when a line lacks the field.
+struct FileContext {
+    /// The file stem: the session id of `<sessionId>.jsonl`.
+    stem: String,
+    /// The project folder (the slug directly under `projects/`).
+    project: String,
+}
+
+impl FileContext {
+    fn new(path: &Path) -> Self {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The slug directly under the last `projects/` (a file directly in `projects/` has none).
+        let components: Vec<_> = path.components().map(|c| c.as_os_str()).collect();
+        let slug = components
+            .iter()
+            .rposition(|c| *c == "projects")
+            .filter(|i| i + 2 < components.len())
+            .map(|i| components[i + 1]);
+        let project = slug
+            .or_else(|| path.parent().and_then(Path::file_name))
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        FileContext { stem, project }
+    }
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "sessionId", borrow)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    cwd: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uuid: Option<Cow<'a, str>>,
+    #[serde(rename = "requestId", borrow)]
+    request_id: Option<Cow<'a, str>>,
+    #[serde(rename = "isSidechain")]
+    is_sidechain: Option<bool>,
+    #[serde(rename = "isApiErrorMessage")]
+    is_api_error: Option<bool>,
+    #[serde(borrow)]
+    message: Option<Message<'a>>,
+}
+
+/// `message`; its `content` (the bulk of the line) is skipped without being built.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Deserialize)]
+struct CacheCreation {
+    ephemeral_5m_input_tokens: Option<u64>,
+    ephemeral_1h_input_tokens: Option<u64>,
+}
+
+fn finders() -> &'static (memmem::Finder<'static>, memmem::Finder<'static>) {
+    static FINDERS: OnceLock<(memmem::Finder<'static>, memmem::Finder<'static>)> = OnceLock::new();
+    FINDERS.get_or_init(|| {
+        (
+            memmem::Finder::new(b"\"usage\""),
+            memmem::Finder::new(b"\"assistant\""),
+        )
+    })
+}
+
+/// Parses one line: `Ok(None)` for lines without usage (most lines), `Err` for lines that look
+/// like usage but cannot be read.
+fn parse_line(line: &[u8], ctx: &FileContext) -> Result<Option<UsageEvent>, SkipReason> {
+    // Most bytes are user/tool lines without usage: rule them out without parsing.
+    let (usage_finder, assistant_finder) = finders();
+    if usage_finder.find(line).is_none() || assistant_finder.find(line).is_none() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| SkipReason::InvalidUtf8)?;
+    let parsed: Line = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            SkipReason::BadFields
+        } else {
+            SkipReason::InvalidJson
+        }
+    })?;
+    if parsed.kind.as_deref() != Some("assistant") || parsed.is_api_error == Some(true) {
+        return Ok(None);
+    }
+    let Some(message) = parsed.message else {
+        return Ok(None);
+    };
+    let Some(usage) = message.usage else {
+        return Ok(None);
+    };
+    if message.model.as_deref().map(str::trim) == Some(SYNTHETIC_MODEL) {
+        return Ok(None);
+    }
+    let tokens = usage.tokens();
+    if tokens.is_zero() {
+        return Ok(None);
+    }
+    let ts = parsed
+        .timestamp
+        .as_deref()
+        .and_then(parse_timestamp)
+        .ok_or(SkipReason::BadFields)?;
+    let session = non_empty(parsed.session_id.as_deref()).unwrap_or(&ctx.stem);
+    let project = non_empty(parsed.cwd.as_deref()).unwrap_or(&ctx.project);
+    let message_id = non_empty(message.id.as_deref());
+    let request_id = non_empty(parsed.request_id.as_deref());
+    let (dedupe_key, group) = match message_id {
+        Some(id) => {
+            let key = match request_id {
+                Some(req) => stable_hash(&[b"claude", id.as_bytes(), req.as_bytes()]),
+                None => stable_hash(&[b"claude", id.as_bytes()]),
+            };
+            (key, Some(stable_hash(&[b"claude-msg", id.as_bytes()])))
+        }
+        None => {
+            // No response id: the line itself is the identity, so it still counts once.
+            let line_id = non_empty(parsed.uuid.as_deref())
+                .or(parsed.timestamp.as_deref())
+                .unwrap_or_default();
+            let key = stable_hash(&[b"claude-line", session.as_bytes(), line_id.as_bytes()]);
+            (key, None)
+        }
+    };
+    Ok(Some(UsageEvent {
+        source: Source::Claude,
+        ts,
+        model: normalize_model(message.model.as_deref()),
+        session: session.to_string(),
+        project: project.to_string(),
+        tokens,
+        dedupe_key,
+        group,
+        replay: parsed.is_sidechain == Some(true),
+    }))
+}
+
+impl Usage {
+    /// SPEC section 1: Claude's input excludes cache reads and writes, so they are added in.
+    fn tokens(&self) -> TokenCounts {
+        let uncached = self.input_tokens.unwrap_or(0);
+        let cache_read = self.cache_read_input_tokens.unwrap_or(0);
+        let cache_creation = self.cache_creation_input_tokens.unwrap_or_else(|| {
+            self.cache_creation.as_ref().map_or(0, |c| {
+                c.ephemeral_5m_input_tokens
+                    .unwrap_or(0)
+                    .saturating_add(c.ephemeral_1h_input_tokens.unwrap_or(0))
+            })
+        });
+        let input = uncached
+            .saturating_add(cache_read)
+            .saturating_add(cache_creation);
+        TokenCounts::new(
+            input,
+            cache_read,
+            cache_creation,
+            self.output_tokens.unwrap_or(0),
+            0,
+        )
+    }
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> FileContext {
+        FileContext::new(Path::new("/h/.claude/projects/-tmp-p/sess-1.jsonl"))
+    }
+
+    #[test]
+    fn context_from_path() {
+        let c = ctx();
+        assert_eq!(c.stem, "sess-1");
+        assert_eq!(c.project, "-tmp-p");
+        let c = FileContext::new(Path::new(
+            "/h/.claude/projects/-tmp-p/s1/subagents/workflows/r1/agent-x.jsonl",
+        ));
+        assert_eq!(c.stem, "agent-x");
+        assert_eq!(c.project, "-tmp-p");
+    }
+
+    #[test]
+    fn skips_lines_without_usage_before_parsing() {
+        // Invalid JSON, but no usage marker: not even parsed, so not counted as skipped.
+        assert_eq!(parse_line(b"{\"type\":\"user\" garbage", &ctx()), Ok(None));
+        assert_eq!(
+            parse_line(b"{\"type\":\"assistant\",\"usage\" garbage", &ctx()),
+            Err(SkipReason::InvalidJson)
+        );
+    }
+
+    #[test]
+    fn escaped_strings_are_read() {
+        let line = br#"{"type":"assistant","sessionId":"s\u0031","cwd":"/a\"b","timestamp":"2025-01-01T00:00:00Z","message":{"id":"m","model":"claude-x","usage":{"input_tokens":1,"output_tokens":2}}}"#;
+        let ev = parse_line(line, &ctx()).unwrap().unwrap();
+        assert_eq!(ev.session, "s1");
+        assert_eq!(ev.project, "/a\"b");
+        assert_eq!(ev.tokens.total_tokens, 3);
     }
 }
