@@ -12,6 +12,7 @@ pub mod lines;
 
 pub mod claude;
 pub mod codex;
+pub mod qwen;
 
 pub use env::Env;
 
@@ -118,6 +119,7 @@ pub fn all_collectors() -> Vec<Box<dyn Collector>> {
     vec![
         Box::new(codex::CodexCollector),
         Box::new(claude::ClaudeCollector),
+        Box::new(qwen::QwenCollector),
     ]
 }
 
