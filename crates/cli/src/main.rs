@@ -1,7 +1,9 @@
 //! The `tokenledger` binary: parses flags, runs the command, maps errors to exit codes.
 
+mod output;
 mod report_cmd;
 mod server_cmd;
+mod sync_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,6 +23,16 @@ enum Command {
     Serve(server_cmd::ServeArgs),
     /// Administer the server's database (users, rollups, login links).
     Admin(server_cmd::AdminArgs),
+    /// Register this machine with a server.
+    Login(sync_cmd::LoginArgs),
+    /// Forget this machine's server credentials (and revoke them on the server).
+    Logout(sync_cmd::LogoutArgs),
+    /// Scan, then upload pending buckets to the server.
+    Sync(sync_cmd::SyncArgs),
+    /// Show pending uploads, the last sync, files and cursors, server and hooks.
+    Status(sync_cmd::StatusArgs),
+    /// Install, remove or inspect the agents' hooks that trigger a sync.
+    Hooks(sync_cmd::HooksArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +41,11 @@ fn main() -> ExitCode {
         Command::Report(args) => report_cmd::run(args),
         Command::Serve(args) => server_cmd::serve(args),
         Command::Admin(args) => server_cmd::admin(args),
+        Command::Login(args) => sync_cmd::login(args),
+        Command::Logout(args) => sync_cmd::logout(args),
+        Command::Sync(args) => sync_cmd::sync(args),
+        Command::Status(args) => sync_cmd::status(args),
+        Command::Hooks(args) => sync_cmd::hooks(args),
     };
     match result {
         Ok(code) => code,
