@@ -1,1 +1,584 @@
-//! tokenledger-store-sqlite (placeholder until built).
+//! The embedded SQLite backend of the tokenledger server: one file, zero setup.
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool. Writes go through one
+//! writer connection (SQLite has one writer anyway); reads use a small pool of connections in
+//! WAL mode so that dashboards never wait behind an ingest.
+//!
+//! The schema lives in `migrations/` (embedded, applied at open, only ever appended); the daily
+//! rollup is kept by triggers, and `sql/rollup-rollback.sql` removes it.
+
+use async_trait::async_trait;
+use jiff::civil::Date;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokenledger_core::TokenCounts;
+use tokenledger_store::{
+    day_start_utc, now_unix, stored_u64, Device, DeviceId, IngestCounts, Migration, NewBucket,
+    Period, Result, Store, StoreError, UsageFilter, UsageRow, User, UserId,
+};
+
+/// The embedded migrations, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "bucket_model_column",
+        sql: include_str!("../migrations/0002_bucket_model_column.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "bucket_model_not_null",
+        sql: include_str!("../migrations/0003_bucket_model_not_null.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "daily_rollup",
+        sql: include_str!("../migrations/0004_daily_rollup.sql"),
+    },
+];
+
+/// Removes the daily rollup (triggers and table); buckets stay.
+pub const ROLLUP_ROLLBACK_SQL: &str = include_str!("../sql/rollup-rollback.sql");
+
+const READERS: usize = 4;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::db(e)
+}
+
+fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA cache_size = -32000;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(conn)
+}
+
+/// Applies the embedded migrations not yet recorded, up to `upto` (all when `None`).
+/// Returns the versions applied.
+pub fn migrate(conn: &mut Connection, upto: Option<i64>) -> Result<Vec<i64>> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY,
+             name TEXT NOT NULL,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .map_err(db_err)?;
+    let mut applied = Vec::new();
+    for m in MIGRATIONS {
+        if upto.is_some_and(|u| m.version > u) {
+            break;
+        }
+        let done: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                [m.version],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        if done {
+            continue;
+        }
+        let wrap = |e: rusqlite::Error| StoreError::Migration {
+            version: m.version,
+            name: m.name,
+            source: Box::new(e),
+        };
+        let tx = conn.transaction().map_err(wrap)?;
+        tx.execute_batch(m.sql).map_err(wrap)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![m.version, m.name, now_unix()],
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)?;
+        applied.push(m.version);
+    }
+    Ok(applied)
+}
+
+/// Opens (creating if needed) the database file and applies migrations up to `upto`, without
+/// building a store. For tests of the migration chain and for tooling.
+pub fn migrate_path(path: &Path, upto: Option<i64>) -> Result<Vec<i64>> {
+    let mut conn = open_conn(path).map_err(db_err)?;
+    migrate(&mut conn, upto)
+}
+
+impl SqliteStore {
+    /// Opens the database file (its folder is created), applies every pending migration.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<SqliteStore> {
+        let path = path.into();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .map_err(StoreError::db)?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(StoreError::db)?;
+        }
+        let mut writer = open_conn(&path).map_err(db_err)?;
+        migrate(&mut writer, None)?;
+        let readers = (0..READERS)
+            .map(|_| open_conn(&path).map(Mutex::new))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err)?;
+        Ok(SqliteStore {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(readers),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a SQL script on the writer connection (e.g. [`ROLLUP_ROLLBACK_SQL`]).
+    pub async fn execute_script(&self, sql: &str) -> Result<()> {
+        let sql = sql.to_string();
+        self.write(move |c| c.execute_batch(&sql)).await
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(db_err)
+        })
+        .await
+        .map_err(StoreError::db)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let idx = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[idx].lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(StoreError::db)?
+    }
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+    })
+}
+
+const DEVICE_COLS: &str = "id, user_id, name, platform, created_at, last_seen_at, revoked_at";
+
+fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        name: r.get(2)?,
+        platform: r.get(3)?,
+        created_at: r.get(4)?,
+        last_seen_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    // Callers validate against MAX_TOKEN_VALUE; saturate rather than wrap if one did not.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn token_params(t: &TokenCounts) -> [i64; 6] {
+    t.as_array().map(to_i64)
+}
+
+const SUM_COLS: &str = "sum(input_tokens), sum(cached_input_tokens), \
+     sum(cache_creation_input_tokens), sum(output_tokens), sum(reasoning_output_tokens), \
+     sum(total_tokens)";
+
+fn usage_rows(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<UsageRow>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
+    let mut rows = stmt.query(args).map_err(db_err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let mut a = [0u64; 6];
+        for (i, slot) in a.iter_mut().enumerate() {
+            let v: Option<i64> = r.get(3 + i).map_err(db_err)?;
+            *slot = stored_u64(v.unwrap_or(0))?;
+        }
+        out.push(UsageRow {
+            period: r.get(0).map_err(db_err)?,
+            source: r.get(1).map_err(db_err)?,
+            model: r.get(2).map_err(db_err)?,
+            tokens: TokenCounts::from_array(a),
+        });
+    }
+    Ok(out)
+}
+
+fn filter_sql(filter: &UsageFilter, sql: &mut String, args: &mut Vec<String>, first: usize) {
+    let mut n = first;
+    if let Some(s) = filter.source {
+        sql.push_str(&format!(" AND source = ?{n}"));
+        args.push(s.as_str().to_string());
+        n += 1;
+    }
+    if let Some(m) = &filter.model {
+        sql.push_str(&format!(" AND model = ?{n}"));
+        args.push(m.clone());
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(db_err)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn create_user(&self, name: &str, token_hash: &str) -> Result<User> {
+        let (name, hash) = (name.to_string(), token_hash.to_string());
+        self.write(move |c| {
+            c.query_row(
+                "INSERT INTO users (name, token_hash, created_at) VALUES (?1, ?2, ?3)
+                 RETURNING id, name, created_at",
+                params![name, hash, now_unix()],
+                user_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT id, name, created_at FROM users ORDER BY id")
+                .map_err(db_err)?;
+            let rows = stmt.query_map([], user_from_row).map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>> {
+        let hash = token_hash.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, name, created_at FROM users WHERE token_hash = ?1")
+                .and_then(|mut s| s.query_row([hash], user_from_row).optional())
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn create_device(
+        &self,
+        user_id: UserId,
+        name: &str,
+        platform: &str,
+        token_hash: &str,
+    ) -> Result<Device> {
+        let (name, platform, hash) = (
+            name.to_string(),
+            platform.to_string(),
+            token_hash.to_string(),
+        );
+        self.write(move |c| {
+            c.query_row(
+                &format!(
+                    "INSERT INTO devices (user_id, name, platform, token_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING {DEVICE_COLS}"
+                ),
+                params![user_id, name, platform, hash, now_unix()],
+                device_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<Device>> {
+        let hash = token_hash.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {DEVICE_COLS} FROM devices WHERE token_hash = ?1 AND revoked_at IS NULL"
+            ))
+            .and_then(|mut s| s.query_row([hash], device_from_row).optional())
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_devices(&self, user_id: UserId) -> Result<Vec<Device>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {DEVICE_COLS} FROM devices WHERE user_id = ?1 ORDER BY id"
+                ))
+                .map_err(db_err)?;
+            let rows = stmt.query_map([user_id], device_from_row).map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, user_id: UserId, device_id: DeviceId) -> Result<bool> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE devices SET revoked_at = ?3
+                 WHERE user_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+                params![user_id, device_id, now_unix()],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn ingest(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        buckets: &[NewBucket],
+        now: i64,
+    ) -> Result<IngestCounts> {
+        let buckets = buckets.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let mut counts = IngestCounts::default();
+            {
+                let mut select = tx.prepare_cached(
+                    "SELECT input_tokens, cached_input_tokens, cache_creation_input_tokens,
+                            output_tokens, reasoning_output_tokens, total_tokens
+                     FROM usage_buckets
+                     WHERE user_id = ?1 AND device_id = ?2 AND source = ?3 AND model = ?4
+                       AND hour_start = ?5",
+                )?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO usage_buckets (user_id, device_id, source, model, hour_start,
+                         input_tokens, cached_input_tokens, cache_creation_input_tokens,
+                         output_tokens, reasoning_output_tokens, total_tokens, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )?;
+                let mut update = tx.prepare_cached(
+                    "UPDATE usage_buckets SET input_tokens = ?6, cached_input_tokens = ?7,
+                         cache_creation_input_tokens = ?8, output_tokens = ?9,
+                         reasoning_output_tokens = ?10, total_tokens = ?11, updated_at = ?12
+                     WHERE user_id = ?1 AND device_id = ?2 AND source = ?3 AND model = ?4
+                       AND hour_start = ?5",
+                )?;
+                for b in &buckets {
+                    let t = token_params(&b.tokens);
+                    let key = params![user_id, device_id, b.source.as_str(), b.model, b.hour_start];
+                    let old: Option<[i64; 6]> = select
+                        .query_row(key, |r| {
+                            Ok([
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ])
+                        })
+                        .optional()?;
+                    let values = params![
+                        user_id,
+                        device_id,
+                        b.source.as_str(),
+                        b.model,
+                        b.hour_start,
+                        t[0],
+                        t[1],
+                        t[2],
+                        t[3],
+                        t[4],
+                        t[5],
+                        now
+                    ];
+                    match old {
+                        None => {
+                            insert.execute(values)?;
+                            counts.inserted += 1;
+                        }
+                        Some(old) if old == t => counts.unchanged += 1,
+                        Some(_) => {
+                            update.execute(values)?;
+                            counts.updated += 1;
+                        }
+                    }
+                }
+                tx.execute(
+                    "UPDATE devices SET last_seen_at = ?3 WHERE user_id = ?1 AND id = ?2",
+                    params![user_id, device_id, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn bucket_rows(
+        &self,
+        user_id: UserId,
+        from_ts: i64,
+        to_ts: i64,
+        filter: &UsageFilter,
+        period: Period,
+    ) -> Result<Vec<UsageRow>> {
+        let period_sql = match period {
+            Period::All => "0",
+            Period::Day => "(hour_start - ((hour_start % 86400) + 86400) % 86400)",
+            Period::HalfHour => "hour_start",
+        };
+        let mut sql = format!(
+            "SELECT {period_sql} AS p, source, model, {SUM_COLS} FROM usage_buckets
+             WHERE user_id = ?1 AND hour_start >= ?2 AND hour_start < ?3"
+        );
+        let mut extra = Vec::new();
+        filter_sql(filter, &mut sql, &mut extra, 4);
+        sql.push_str(" GROUP BY p, source, model ORDER BY p, source, model");
+        self.read(move |c| {
+            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&user_id, &from_ts, &to_ts];
+            args.extend(extra.iter().map(|s| s as &dyn rusqlite::ToSql));
+            usage_rows(c, &sql, &args)
+        })
+        .await
+    }
+
+    async fn rollup_rows(
+        &self,
+        user_id: UserId,
+        from: Date,
+        to: Date,
+        filter: &UsageFilter,
+        period: Period,
+    ) -> Result<Vec<UsageRow>> {
+        let period_sql = match period {
+            Period::All => "0",
+            Period::Day | Period::HalfHour => "CAST(strftime('%s', day) AS INTEGER)",
+        };
+        let mut sql = format!(
+            "SELECT {period_sql} AS p, source, model, {SUM_COLS} FROM usage_daily_rollup
+             WHERE user_id = ?1 AND day >= ?2 AND day <= ?3"
+        );
+        let mut extra = Vec::new();
+        filter_sql(filter, &mut sql, &mut extra, 4);
+        sql.push_str(" GROUP BY p, source, model ORDER BY p, source, model");
+        let (from, to) = (from.to_string(), to.to_string());
+        self.read(move |c| {
+            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&user_id, &from, &to];
+            args.extend(extra.iter().map(|s| s as &dyn rusqlite::ToSql));
+            usage_rows(c, &sql, &args)
+        })
+        .await
+    }
+
+    async fn rebuild_rollup(&self, from: Date, to: Date) -> Result<u64> {
+        let (from_ts, to_ts) = (
+            day_start_utc(from),
+            day_start_utc(to.tomorrow().unwrap_or(to)),
+        );
+        let (from, to) = (from.to_string(), to.to_string());
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM usage_daily_rollup WHERE day >= ?1 AND day <= ?2",
+                params![from, to],
+            )?;
+            let n = tx.execute(
+                &format!(
+                    "INSERT INTO usage_daily_rollup (user_id, day, source, model, input_tokens,
+                         cached_input_tokens, cache_creation_input_tokens, output_tokens,
+                         reasoning_output_tokens, total_tokens)
+                     SELECT user_id, date(hour_start, 'unixepoch'), source, model, {SUM_COLS}
+                     FROM usage_buckets WHERE hour_start >= ?1 AND hour_start < ?2
+                     GROUP BY 1, 2, 3, 4"
+                ),
+                params![from_ts, to_ts],
+            )?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenledger_core::Source;
+
+    #[tokio::test]
+    async fn triggers_keep_the_rollup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("t.db")).await.unwrap();
+        let u = store.create_user("a", "h").await.unwrap();
+        let d = store.create_device(u.id, "m", "linux", "dh").await.unwrap();
+        let b = |hs: i64, n: u64| NewBucket {
+            source: Source::Codex,
+            model: "gpt-5".into(),
+            hour_start: hs,
+            tokens: TokenCounts::new(n, 0, 0, n, 0),
+        };
+        let c = store
+            .ingest(u.id, d.id, &[b(0, 10), b(1800, 5)], 1)
+            .await
+            .unwrap();
+        assert_eq!((c.inserted, c.updated, c.unchanged), (2, 0, 0));
+        let c = store
+            .ingest(u.id, d.id, &[b(0, 10), b(1800, 7)], 2)
+            .await
+            .unwrap();
+        assert_eq!((c.inserted, c.updated, c.unchanged), (0, 1, 1));
+        let day = jiff::civil::date(1970, 1, 1);
+        let rows = store
+            .rollup_rows(u.id, day, day, &UsageFilter::default(), Period::Day)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].tokens.total_tokens, 34);
+        assert_eq!(rows[0].period, 0);
+    }
+}

@@ -1,0 +1,11 @@
+-- Removes the daily rollup (migration 4) cleanly: its triggers, then its table. Buckets are
+-- untouched; usage queries fall back to scanning buckets while the rollup is absent.
+-- The migration record is deleted too, so the next `tokenledger serve` re-creates the rollup
+-- from the buckets. Apply with: sqlite3 server.db < rollup-rollback.sql
+BEGIN;
+DROP TRIGGER IF EXISTS usage_buckets_rollup_insert;
+DROP TRIGGER IF EXISTS usage_buckets_rollup_update;
+DROP TRIGGER IF EXISTS usage_buckets_rollup_delete;
+DROP TABLE IF EXISTS usage_daily_rollup;
+DELETE FROM schema_migrations WHERE version = 4;
+COMMIT;
