@@ -12,6 +12,8 @@ pub mod lines;
 
 pub mod claude;
 pub mod codex;
+pub mod gemini;
+pub mod opencode;
 pub mod qwen;
 
 pub use env::Env;
@@ -119,6 +121,8 @@ pub fn all_collectors() -> Vec<Box<dyn Collector>> {
     vec![
         Box::new(codex::CodexCollector),
         Box::new(claude::ClaudeCollector),
+        Box::new(gemini::GeminiCollector),
+        Box::new(opencode::OpenCodeCollector),
         Box::new(qwen::QwenCollector),
     ]
 }

@@ -1,0 +1,879 @@
+//! OpenCode usage (agent-log-formats.md section 5).
+//!
+//! Roots: `$OPENCODE_DATA_DIR`, else `${XDG_DATA_HOME:-~/.local/share}/opencode`; `$OPENCODE_DB`
+//! names one more database file (relative names are taken inside the root).
+//!
+//! Stores, never both for the same data:
+//! - SQLite `opencode.db` / `opencode-<channel>.db` (v1.2+), opened read-only through a URI so
+//!   that the `-wal` file is honoured. Each database is one [`FoundFile`] with `whole = true`;
+//!   its cursor state holds a cheap change check (row counts and `max(time_updated)` of the
+//!   message tables), because a write that only reached the `-wal` file leaves the `.db` size and
+//!   mtime unchanged: the ledger therefore rescans, and [`OpenCodeCollector::scan`] returns at
+//!   once with no events when the check is unchanged.
+//! - The legacy JSON store (`storage/message/<sessionID>/*.json` with parts in
+//!   `storage/part/<messageID>/*.json`), read only when the root holds no database (the
+//!   database is a migrated superset of it). Each message file is one `whole` [`FoundFile`].
+//!
+//! Per assistant message the usage is the sum of its `step-finish` parts' tokens (the message's
+//! own `tokens` keep only the last step), else the message's `tokens`; all-zero rows are skipped.
+//! Mapping: input = `input + cache.read + cache.write`, cached = `cache.read`, cache creation =
+//! `cache.write`, output = `output + reasoning`, reasoning = `reasoning`. The dedupe key is
+//! `stable_hash("opencode", message id)`.
+//!
+//! OpenCode 2.x (best effort, from public reports of its schema, not from its source): messages
+//! live in `session_message(id, session_id, type, seq, time_created, time_updated, data)` and
+//! sessions in `session_v2(…, directory, fork_session_id, fork_boundary, …)`. A session that has
+//! `session_message` rows is read from there only (its frozen v1 rows are ignored). A fork copies
+//! its parent's rows under new ids, keeping their `seq`: rows of a fork whose `seq` is at or
+//! before the `seq` of its `fork_boundary` message are dropped; when the boundary cannot be
+//! resolved, a row is dropped when the parent has a row of the same `seq` with the same tokens.
+
+use crate::{stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, Skipped, UsageEvent};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokenledger_core::{normalize_model, Source, TokenCounts};
+
+/// Legacy JSON files bigger than this are skipped as [`SkipReason::TooLong`].
+pub const MAX_DOCUMENT: u64 = 256 * 1024 * 1024;
+
+/// How long a read waits for a writer's lock before the database is reported unreadable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The OpenCode collector.
+pub struct OpenCodeCollector;
+
+/// OpenCode's raw token fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawTokens {
+    pub input: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl RawTokens {
+    /// The canonical fields (SPEC section 1).
+    pub fn counts(&self) -> TokenCounts {
+        TokenCounts::new(
+            self.input
+                .saturating_add(self.cache_read)
+                .saturating_add(self.cache_write),
+            self.cache_read,
+            self.cache_write,
+            self.output.saturating_add(self.reasoning),
+            self.reasoning,
+        )
+    }
+
+    fn add(&mut self, o: &RawTokens) {
+        self.input = self.input.saturating_add(o.input);
+        self.output = self.output.saturating_add(o.output);
+        self.reasoning = self.reasoning.saturating_add(o.reasoning);
+        self.cache_read = self.cache_read.saturating_add(o.cache_read);
+        self.cache_write = self.cache_write.saturating_add(o.cache_write);
+    }
+
+    /// Parses a `tokens` object; `None` when a field has a wrong type.
+    pub fn from_json(t: &Value) -> Option<RawTokens> {
+        let obj = t.as_object()?;
+        let cache = match obj.get("cache") {
+            None | Some(Value::Null) => None,
+            Some(c) => Some(c.as_object()?),
+        };
+        let cache_field = |name: &str| match cache {
+            Some(c) => count(c.get(name)),
+            None => Some(0),
+        };
+        Some(RawTokens {
+            input: count(obj.get("input"))?,
+            output: count(obj.get("output"))?,
+            reasoning: count(obj.get("reasoning"))?,
+            cache_read: cache_field("read")?,
+            cache_write: cache_field("write")?,
+        })
+    }
+}
+
+/// A token count: missing or null is 0; a non-negative integer (or integral float) is itself;
+/// anything else is a wrong type.
+fn count(v: Option<&Value>) -> Option<u64> {
+    match v {
+        None | Some(Value::Null) => Some(0),
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19)
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    }
+}
+
+/// What an OpenCode message JSON (a `message.data`, a `session_message.data` or a legacy file)
+/// says about usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub id: Option<String>,
+    pub session: Option<String>,
+    /// `role` (v1) or `type` (v2 data) is `assistant`.
+    pub assistant: bool,
+    /// `time.created`, epoch milliseconds.
+    pub created_ms: Option<i64>,
+    pub model: Option<String>,
+    /// `path.root`, else `path.cwd` (or `path` itself when it is a string).
+    pub project: Option<String>,
+    /// The message's own tokens (`None` when absent).
+    pub tokens: Option<RawTokens>,
+}
+
+fn str_field(v: &Value, name: &str) -> Option<String> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+}
+
+fn parse_bytes(bytes: &[u8]) -> Result<Value, SkipReason> {
+    serde_json::from_slice(bytes).map_err(|_| {
+        if std::str::from_utf8(bytes).is_err() {
+            SkipReason::InvalidUtf8
+        } else {
+            SkipReason::InvalidJson
+        }
+    })
+}
+
+/// Parses an OpenCode message JSON. Errors are the reason to skip it.
+pub fn parse_message(bytes: &[u8]) -> Result<MessageInfo, SkipReason> {
+    let v = parse_bytes(bytes)?;
+    message_info(&v)
+}
+
+fn message_info(v: &Value) -> Result<MessageInfo, SkipReason> {
+    if !v.is_object() {
+        return Err(SkipReason::BadFields);
+    }
+    let role = v
+        .get("role")
+        .or_else(|| v.get("type"))
+        .and_then(Value::as_str);
+    let created_ms = match v.get("time").and_then(|t| t.get("created")) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Some(_) => return Err(SkipReason::BadFields),
+    };
+    // v1: top-level `modelID`; newer: `model.{modelID|id}`.
+    let model = str_field(v, "modelID").or_else(|| {
+        v.get("model").and_then(|m| match m {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(_) => str_field(m, "modelID").or_else(|| str_field(m, "id")),
+            _ => None,
+        })
+    });
+    let project = match v.get("path") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        Some(p @ Value::Object(_)) => str_field(p, "root").or_else(|| str_field(p, "cwd")),
+        _ => None,
+    };
+    let tokens = match v.get("tokens") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(RawTokens::from_json(t).ok_or(SkipReason::BadFields)?),
+    };
+    Ok(MessageInfo {
+        id: str_field(v, "id"),
+        session: str_field(v, "sessionID"),
+        assistant: role == Some("assistant"),
+        created_ms,
+        model,
+        project,
+        tokens,
+    })
+}
+
+/// A part JSON: `Ok(Some((messageID, tokens)))` for a `step-finish` part, `Ok(None)` for any
+/// other part, an error when it cannot be read.
+pub fn parse_step_finish(bytes: &[u8]) -> Result<Option<(Option<String>, RawTokens)>, SkipReason> {
+    let v = parse_bytes(bytes)?;
+    if v.get("type").and_then(Value::as_str) != Some("step-finish") {
+        return Ok(None);
+    }
+    let tokens = match v.get("tokens") {
+        None | Some(Value::Null) => RawTokens::default(),
+        Some(t) => RawTokens::from_json(t).ok_or(SkipReason::BadFields)?,
+    };
+    Ok(Some((str_field(&v, "messageID"), tokens)))
+}
+
+/// The usage event of one assistant message, or `None` when every count is zero or it has no
+/// timestamp.
+pub fn usage_event(
+    message_id: &str,
+    session: &str,
+    created_ms: Option<i64>,
+    model: Option<&str>,
+    project: &str,
+    tokens: &RawTokens,
+) -> Option<UsageEvent> {
+    let counts = tokens.counts();
+    if counts.is_zero() {
+        return None;
+    }
+    Some(UsageEvent {
+        source: Source::OpenCode,
+        ts: created_ms?.div_euclid(1000),
+        model: normalize_model(model),
+        session: session.to_string(),
+        project: project.to_string(),
+        tokens: counts,
+        dedupe_key: stable_hash(&[b"opencode", message_id.as_bytes()]),
+        group: None,
+        replay: false,
+    })
+}
+
+impl Collector for OpenCodeCollector {
+    fn source(&self) -> Source {
+        Source::OpenCode
+    }
+
+    fn discover(&self, env: &Env) -> Vec<FoundFile> {
+        let root = match env.var("OPENCODE_DATA_DIR") {
+            Some(d) => env.expand(d),
+            None => match env.var("XDG_DATA_HOME") {
+                Some(x) => env.expand(x).join("opencode"),
+                None => env.home_join(".local/share/opencode"),
+            },
+        };
+        let mut dbs: Vec<PathBuf> = databases_in(&root);
+        if let Some(db) = env.var("OPENCODE_DB") {
+            if db != ":memory:" {
+                let p = env.expand(db);
+                let p = if p.is_absolute() { p } else { root.join(p) };
+                if p.is_file() && !dbs.contains(&p) {
+                    dbs.push(p);
+                }
+            }
+        }
+        let mut out: Vec<FoundFile> = dbs.iter().map(|p| found(p.clone())).collect();
+        if dbs.is_empty() {
+            out.extend(
+                legacy_messages(&root.join("storage"))
+                    .into_iter()
+                    .map(found),
+            );
+        }
+        out
+    }
+
+    fn scan(&self, file: &FoundFile, _offset: u64, state: &str) -> FileScan {
+        if file.path.extension().and_then(|e| e.to_str()) == Some("db") {
+            scan_db(&file.path, state)
+        } else {
+            scan_legacy_message(&file.path)
+        }
+    }
+}
+
+fn found(path: PathBuf) -> FoundFile {
+    FoundFile {
+        source: Source::OpenCode,
+        path,
+        whole: true,
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+/// `opencode.db` and `opencode-<channel>.db` in a root.
+pub fn databases_in(root: &Path) -> Vec<PathBuf> {
+    read_dir_sorted(root)
+        .into_iter()
+        .filter(|p| {
+            p.is_file()
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n == "opencode.db" || (n.starts_with("opencode-") && n.ends_with(".db"))
+                })
+        })
+        .collect()
+}
+
+/// `storage/message/<sessionID>/*.json`.
+fn legacy_messages(storage: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for session in read_dir_sorted(&storage.join("message")) {
+        for f in read_dir_sorted(&session) {
+            if f.is_file() && f.extension().and_then(|e| e.to_str()) == Some("json") {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+/// Reads a whole file of at most [`MAX_DOCUMENT`] bytes.
+fn read_capped(path: &Path) -> Result<Vec<u8>, SkipReason> {
+    let file = std::fs::File::open(path).map_err(|_| SkipReason::Unreadable)?;
+    let meta = file.metadata().map_err(|_| SkipReason::Unreadable)?;
+    if !meta.is_file() {
+        return Err(SkipReason::Unreadable);
+    }
+    if meta.len() > MAX_DOCUMENT {
+        return Err(SkipReason::TooLong);
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_DOCUMENT + 1)
+        .read_to_end(&mut buf)
+        .map_err(|_| SkipReason::Unreadable)?;
+    if buf.len() as u64 > MAX_DOCUMENT {
+        return Err(SkipReason::TooLong);
+    }
+    Ok(buf)
+}
+
+fn skipped(path: &Path, reason: SkipReason) -> Skipped {
+    Skipped {
+        path: path.to_path_buf(),
+        line: 0,
+        reason,
+    }
+}
+
+/// One legacy message file, with its parts from `storage/part/<messageID>/`.
+fn scan_legacy_message(path: &Path) -> FileScan {
+    let mut scan = FileScan::default();
+    let bytes = match read_capped(path) {
+        Ok(b) => b,
+        Err(reason) => {
+            scan.skipped.push(skipped(path, reason));
+            return scan;
+        }
+    };
+    scan.offset = bytes.len() as u64;
+    scan.bytes_read = bytes.len() as u64;
+    let info = match parse_message(&bytes) {
+        Ok(i) => i,
+        Err(reason) => {
+            scan.skipped.push(skipped(path, reason));
+            return scan;
+        }
+    };
+    if !info.assistant {
+        return scan;
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let id = info.id.clone().unwrap_or_else(|| stem.to_string());
+    let session_dir = path.parent();
+    let session = info.session.clone().unwrap_or_else(|| {
+        session_dir
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string()
+    });
+    // storage/message/<sessionID>/<file>: the storage folder is three levels up.
+    let storage = path.ancestors().nth(3).map(Path::to_path_buf);
+
+    let mut steps: Option<RawTokens> = None;
+    if let Some(storage) = &storage {
+        for part in read_dir_sorted(&storage.join("part").join(&id)) {
+            if part.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let parsed = read_capped(&part).and_then(|b| {
+                scan.bytes_read += b.len() as u64;
+                parse_step_finish(&b)
+            });
+            match parsed {
+                Ok(Some((_, t))) => steps.get_or_insert_with(RawTokens::default).add(&t),
+                Ok(None) => {}
+                Err(reason) => scan.skipped.push(skipped(&part, reason)),
+            }
+        }
+    }
+    let Some(tokens) = steps.or(info.tokens) else {
+        return scan;
+    };
+    let project = info
+        .project
+        .clone()
+        .or_else(|| {
+            storage
+                .as_deref()
+                .and_then(|s| legacy_session_dir(s, &session))
+        })
+        .unwrap_or_default();
+    if tokens.counts().is_zero() {
+        return scan;
+    }
+    match usage_event(
+        &id,
+        &session,
+        info.created_ms,
+        info.model.as_deref(),
+        &project,
+        &tokens,
+    ) {
+        Some(e) => scan.events.push(e),
+        None => scan.skipped.push(skipped(path, SkipReason::BadFields)),
+    }
+    scan
+}
+
+/// The `directory` of `storage/session/<projectID>/<sessionID>.json`.
+fn legacy_session_dir(storage: &Path, session: &str) -> Option<String> {
+    for project in read_dir_sorted(&storage.join("session")) {
+        for name in [format!("{session}.json"), format!("ses_{session}.json")] {
+            let p = project.join(name);
+            if let Ok(b) = read_capped(&p) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                    return str_field(&v, "directory");
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The cursor state of a database scan.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct DbState {
+    #[serde(default)]
+    check: String,
+}
+
+/// A `file:` URI for SQLite (`%`, `?` and `#` escaped), read-only.
+fn sqlite_uri(path: &Path) -> String {
+    let mut s = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => s.push_str("%25"),
+            '?' => s.push_str("%3f"),
+            '#' => s.push_str("%23"),
+            c => s.push(c),
+        }
+    }
+    s.push_str("?mode=ro");
+    s
+}
+
+fn scan_db(path: &Path, state: &str) -> FileScan {
+    let prev: DbState = serde_json::from_str(state).unwrap_or_default();
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match read_db(path, &prev) {
+        Ok(None) => FileScan {
+            offset: size,
+            state: state.to_string(),
+            ..Default::default()
+        },
+        Ok(Some((events, skipped, check, read))) => FileScan {
+            events,
+            offset: size,
+            state: serde_json::to_string(&DbState { check }).unwrap_or_default(),
+            skipped,
+            bytes_read: read,
+        },
+        Err(_) => FileScan {
+            offset: 0,
+            state: state.to_string(),
+            skipped: vec![skipped(path, SkipReason::Unreadable)],
+            ..Default::default()
+        },
+    }
+}
+
+type DbRead = (Vec<UsageEvent>, Vec<Skipped>, String, u64);
+
+fn bytes_of(v: ValueRef<'_>) -> Option<&[u8]> {
+    match v {
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn text_of(v: ValueRef<'_>) -> Option<String> {
+    bytes_of(v)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn int_of(v: ValueRef<'_>) -> Option<i64> {
+    match v {
+        ValueRef::Integer(i) => Some(i),
+        ValueRef::Real(f) => Some(f as i64),
+        _ => None,
+    }
+}
+
+/// Reads a database; `Ok(None)` when its change check equals `prev`.
+fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
+    let conn = Connection::open_with_flags(
+        sqlite_uri(path),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // One read transaction: the change check and the rows come from the same snapshot.
+    let tx = conn.unchecked_transaction()?;
+    let tables: HashSet<String> = {
+        let mut st = tx.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+        let names = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<HashSet<String>>>()?;
+        names
+    };
+    let check = change_check(&tx, &tables)?;
+    if !prev.check.is_empty() && prev.check == check {
+        return Ok(None);
+    }
+    let mut reader = DbReader {
+        path,
+        conn: &tx,
+        tables: &tables,
+        events: Vec::new(),
+        skipped: Vec::new(),
+        read: 0,
+    };
+    let v2_sessions = reader.read_v2()?;
+    reader.read_v1(&v2_sessions)?;
+    let DbReader {
+        events,
+        mut skipped,
+        read,
+        ..
+    } = reader;
+    skipped.sort_by_key(|s| s.line);
+    Ok(Some((events, skipped, check, read)))
+}
+
+/// Row counts and the latest `time_updated` of the tables that hold usage.
+fn change_check(conn: &Connection, tables: &HashSet<String>) -> rusqlite::Result<String> {
+    let mut parts = Vec::new();
+    for t in [
+        "message",
+        "part",
+        "session_message",
+        "session",
+        "session_v2",
+    ] {
+        if !tables.contains(t) {
+            continue;
+        }
+        let q = format!("SELECT count(*), max(time_updated) FROM \"{t}\"");
+        let r = conn.query_row(&q, [], |r| {
+            Ok(format!(
+                "{t}:{}:{}",
+                int_of(r.get_ref(0)?).unwrap_or(0),
+                int_of(r.get_ref(1)?).unwrap_or(0)
+            ))
+        });
+        match r {
+            Ok(s) => parts.push(s),
+            // A table without `time_updated`: count rows only.
+            Err(_) => {
+                let n: i64 =
+                    conn.query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))?;
+                parts.push(format!("{t}:{n}"));
+            }
+        }
+    }
+    Ok(parts.join(","))
+}
+
+struct DbReader<'a> {
+    path: &'a Path,
+    conn: &'a Connection,
+    tables: &'a HashSet<String>,
+    events: Vec<UsageEvent>,
+    skipped: Vec<Skipped>,
+    read: u64,
+}
+
+impl DbReader<'_> {
+    fn skip(&mut self, row: u64, reason: SkipReason) {
+        self.skipped.push(Skipped {
+            path: self.path.to_path_buf(),
+            line: row,
+            reason,
+        });
+    }
+
+    /// `id -> directory` of a session table (empty when it has no such columns).
+    fn directories(&self, table: &str) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        if !self.tables.contains(table) {
+            return out;
+        }
+        let q = format!("SELECT id, directory FROM \"{table}\"");
+        let Ok(mut st) = self.conn.prepare(&q) else {
+            return out;
+        };
+        let Ok(mut rows) = st.query([]) else {
+            return out;
+        };
+        while let Ok(Some(r)) = rows.next() {
+            if let (Ok(id), Ok(dir)) = (r.get_ref(0), r.get_ref(1)) {
+                if let (Some(id), Some(dir)) = (text_of(id), text_of(dir)) {
+                    out.insert(id, dir);
+                }
+            }
+        }
+        out
+    }
+
+    /// The v1 tables `message` and `part`, for sessions not read from v2.
+    fn read_v1(&mut self, skip_sessions: &HashSet<String>) -> rusqlite::Result<()> {
+        if !self.tables.contains("message") {
+            return Ok(());
+        }
+        let mut steps: HashMap<String, RawTokens> = HashMap::new();
+        if self.tables.contains("part") {
+            // `instr` keeps the large text/tool parts out of the JSON parser.
+            let mut st = self.conn.prepare(
+                "SELECT message_id, data FROM part WHERE instr(data, 'step-finish') > 0 \
+                 ORDER BY rowid",
+            )?;
+            let mut rows = st.query([])?;
+            let mut n = 0u64;
+            let mut bad = Vec::new();
+            while let Some(r) = rows.next()? {
+                n += 1;
+                let Some(data) = bytes_of(r.get_ref(1)?) else {
+                    continue;
+                };
+                self.read += data.len() as u64;
+                match parse_step_finish(data) {
+                    Ok(Some((mid, t))) => {
+                        let Some(mid) = text_of(r.get_ref(0)?).or(mid) else {
+                            continue;
+                        };
+                        steps.entry(mid).or_default().add(&t);
+                    }
+                    Ok(None) => {}
+                    Err(reason) => bad.push((n, reason)),
+                }
+            }
+            for (n, reason) in bad {
+                self.skip(n, reason);
+            }
+        }
+        let dirs = self.directories("session");
+        let mut st = self
+            .conn
+            .prepare("SELECT id, session_id, time_created, data FROM message ORDER BY rowid")?;
+        let mut rows = st.query([])?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next()? {
+            n += 1;
+            let Some(data) = bytes_of(r.get_ref(3)?) else {
+                continue;
+            };
+            self.read += data.len() as u64;
+            let info = match parse_message(data) {
+                Ok(i) => i,
+                Err(reason) => {
+                    self.skip(n, reason);
+                    continue;
+                }
+            };
+            if !info.assistant {
+                continue;
+            }
+            let Some(id) = text_of(r.get_ref(0)?).or(info.id.clone()) else {
+                continue;
+            };
+            let session = text_of(r.get_ref(1)?)
+                .or(info.session.clone())
+                .unwrap_or_default();
+            if skip_sessions.contains(&session) {
+                continue;
+            }
+            let Some(tokens) = steps.get(&id).copied().or(info.tokens) else {
+                continue;
+            };
+            if tokens.counts().is_zero() {
+                continue;
+            }
+            let created = info.created_ms.or(int_of(r.get_ref(2)?));
+            let project = info
+                .project
+                .clone()
+                .or_else(|| dirs.get(&session).cloned())
+                .unwrap_or_default();
+            match usage_event(
+                &id,
+                &session,
+                created,
+                info.model.as_deref(),
+                &project,
+                &tokens,
+            ) {
+                Some(e) => self.events.push(e),
+                None => self.skip(n, SkipReason::BadFields),
+            }
+        }
+        Ok(())
+    }
+
+    /// The OpenCode 2.x tables; returns the sessions read from them.
+    fn read_v2(&mut self) -> rusqlite::Result<HashSet<String>> {
+        let mut sessions = HashSet::new();
+        if !self.tables.contains("session_message") {
+            return Ok(sessions);
+        }
+        struct Row {
+            n: u64,
+            id: String,
+            session: String,
+            seq: Option<i64>,
+            created: Option<i64>,
+            info: MessageInfo,
+        }
+        let mut st = self.conn.prepare(
+            "SELECT id, session_id, type, seq, time_created, data FROM session_message \
+             ORDER BY rowid",
+        )?;
+        let mut rows = st.query([])?;
+        let mut usage: Vec<Row> = Vec::new();
+        let mut seq_of: HashMap<String, i64> = HashMap::new();
+        let mut n = 0u64;
+        while let Some(r) = rows.next()? {
+            n += 1;
+            let Some(id) = text_of(r.get_ref(0)?) else {
+                continue;
+            };
+            let Some(session) = text_of(r.get_ref(1)?) else {
+                continue;
+            };
+            sessions.insert(session.clone());
+            let seq = int_of(r.get_ref(3)?);
+            if let Some(s) = seq {
+                seq_of.insert(id.clone(), s);
+            }
+            let kind = text_of(r.get_ref(2)?);
+            if kind.as_deref().is_some_and(|k| k != "assistant") {
+                continue;
+            }
+            let Some(data) = bytes_of(r.get_ref(5)?) else {
+                continue;
+            };
+            self.read += data.len() as u64;
+            let mut info = match parse_message(data) {
+                Ok(i) => i,
+                Err(reason) => {
+                    self.skip(n, reason);
+                    continue;
+                }
+            };
+            if kind.as_deref() == Some("assistant") {
+                info.assistant = true;
+            }
+            if !info.assistant {
+                continue;
+            }
+            let created = info.created_ms.or(int_of(r.get_ref(4)?));
+            usage.push(Row {
+                n,
+                id,
+                session,
+                seq,
+                created,
+                info,
+            });
+        }
+        drop(rows);
+        drop(st);
+
+        // Forks: fork session -> (parent session, boundary message id).
+        let mut forks: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        let mut dirs: HashMap<String, String> = HashMap::new();
+        if self.tables.contains("session_v2") {
+            dirs = self.directories("session_v2");
+            if let Ok(mut st) = self
+                .conn
+                .prepare("SELECT id, fork_session_id, fork_boundary FROM session_v2")
+            {
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let (Some(id), parent, boundary) = (
+                        text_of(r.get_ref(0)?),
+                        text_of(r.get_ref(1)?),
+                        text_of(r.get_ref(2)?),
+                    ) else {
+                        continue;
+                    };
+                    if parent.is_some() || boundary.is_some() {
+                        forks.insert(id, (parent, boundary));
+                    }
+                }
+            }
+        }
+        // (session, seq) -> tokens, to recognise copies when a boundary cannot be resolved.
+        let by_seq: HashMap<(&str, i64), Option<RawTokens>> = usage
+            .iter()
+            .filter_map(|u| Some(((u.session.as_str(), u.seq?), u.info.tokens)))
+            .collect();
+        let mut events = Vec::new();
+        let mut bad = Vec::new();
+        for u in &usage {
+            if let Some((parent, boundary)) = forks.get(&u.session) {
+                let boundary_seq = boundary.as_ref().and_then(|b| seq_of.get(b).copied());
+                let copied = match (boundary_seq, u.seq) {
+                    (Some(b), Some(s)) => s <= b,
+                    (None, Some(s)) => parent
+                        .as_deref()
+                        .is_some_and(|p| by_seq.get(&(p, s)).is_some_and(|t| *t == u.info.tokens)),
+                    _ => false,
+                };
+                if copied {
+                    continue;
+                }
+            }
+            let Some(tokens) = u.info.tokens else {
+                continue;
+            };
+            if tokens.counts().is_zero() {
+                continue;
+            }
+            let project = u
+                .info
+                .project
+                .clone()
+                .or_else(|| dirs.get(&u.session).cloned())
+                .unwrap_or_default();
+            match usage_event(
+                &u.id,
+                &u.session,
+                u.created,
+                u.info.model.as_deref(),
+                &project,
+                &tokens,
+            ) {
+                Some(e) => events.push(e),
+                None => bad.push(u.n),
+            }
+        }
+        self.events.extend(events);
+        for n in bad {
+            self.skip(n, SkipReason::BadFields);
+        }
+        Ok(sessions)
+    }
+}
