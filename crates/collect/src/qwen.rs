@@ -169,13 +169,9 @@ impl UsageMetadata {
             .candidates_token_count
             .unwrap_or(0)
             .saturating_add(thoughts);
-        TokenCounts::new(
-            input,
-            self.cached_content_token_count.unwrap_or(0),
-            0,
-            output,
-            thoughts,
-        )
+        // Cache reads are part of the prompt; a larger count is a malformed record.
+        let cached = self.cached_content_token_count.unwrap_or(0).min(input);
+        TokenCounts::new(input, cached, 0, output, thoughts)
     }
 }
 
