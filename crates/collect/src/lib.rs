@@ -120,6 +120,7 @@ pub trait Collector: Send + Sync {
 pub fn all_collectors() -> Vec<Box<dyn Collector>> {
     vec![
         Box::new(codex::CodexCollector),
+        Box::new(codex::EveryCodeCollector),
         Box::new(claude::ClaudeCollector),
         Box::new(gemini::GeminiCollector),
         Box::new(opencode::OpenCodeCollector),
