@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "tokenledger", version, about = "An exact, local-first ledger of AI coding agents' token usage and cost")]
+#[command(
+    name = "tokenledger",
+    version,
+    about = "An exact, local-first ledger of AI coding agents' token usage and cost"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,1 +1,280 @@
-//! tokenledger-ledger (placeholder until built).
+//! The local ledger: one SQLite file under the platform data dir (or `$TOKENLEDGER_HOME`).
+//!
+//! It holds a cursor per log file (identity, size, offset, parser state), every usage entry
+//! deduplicated by its content-derived key, and half-hour aggregates per source, model, session
+//! and project that reports read. History stays when an agent deletes its old logs: entries are
+//! only ever added or raised, never removed because a file went away.
+//!
+//! Data flows one way: collectors -> [`Ledger::scan`] -> entries -> aggregates -> reports/outbox.
+
+mod scan;
+mod schema;
+
+pub use scan::{NoProgress, Progress, ScanReport};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use tokenledger_core::{Bucket, BucketKey, Source, TokenCounts};
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("ledger directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the ledger at {0} was written by a newer tokenledger (schema {1}); upgrade tokenledger"
+    )]
+    TooNew(PathBuf, i64),
+}
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+/// The directory holding tokenledger's local state: `$TOKENLEDGER_HOME`, else the platform data
+/// dir (`~/.local/share/tokenledger` on Linux).
+pub fn data_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("TOKENLEDGER_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h);
+    }
+    dirs::data_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("tokenledger")
+}
+
+/// One aggregate row: a half hour of one source, model, session and project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalBucket {
+    pub source: Source,
+    pub model: String,
+    pub hour_start: i64,
+    pub session: String,
+    pub project: String,
+    pub tokens: TokenCounts,
+}
+
+/// Which aggregate rows to read.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Inclusive lower bound on `hour_start` (unix seconds).
+    pub from: Option<i64>,
+    /// Exclusive upper bound on `hour_start`.
+    pub to: Option<i64>,
+    pub sources: Vec<Source>,
+    pub models: Vec<String>,
+}
+
+/// What the ledger knows about one log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCursor {
+    pub path: String,
+    pub source: String,
+    pub size: u64,
+    pub offset: u64,
+    pub last_scan: i64,
+}
+
+/// The local ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger in `dir` (`ledger.db`).
+    pub fn open_in(dir: &Path) -> Result<Ledger> {
+        std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ledger::open(&dir.join("ledger.db"))
+    }
+
+    /// Opens (creating if needed) the ledger file at `path`.
+    pub fn open(path: &Path) -> Result<Ledger> {
+        let conn = Connection::open(path).map_err(|source| LedgerError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;
+             PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;",
+        )?;
+        schema::migrate(&conn, path)?;
+        Ok(Ledger {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying connection, for crates layered on the ledger (the sync outbox).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Aggregate rows matching `filter`, ordered by time.
+    pub fn buckets(&self, filter: &Filter) -> Result<Vec<LocalBucket>> {
+        let mut sql = String::from(
+            "SELECT a.source, a.model, a.hour_start, d.session, d.project,
+                    a.input, a.cached, a.cache_creation, a.output, a.reasoning, a.total
+             FROM agg a JOIN dims d ON d.id = a.dim WHERE 1=1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        push_filter(filter, &mut sql, &mut args);
+        sql.push_str(" ORDER BY a.hour_start");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            let source: String = r.get(0)?;
+            Ok((
+                source,
+                LocalBucket {
+                    source: Source::Codex,
+                    model: r.get(1)?,
+                    hour_start: r.get(2)?,
+                    session: r.get(3)?,
+                    project: r.get(4)?,
+                    tokens: read_tokens(r, 5)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (source, mut b) = row?;
+            let Ok(src) = source.parse::<Source>() else {
+                continue;
+            };
+            b.source = src;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// Half-hour buckets `(source, model, hour_start)` matching `filter`, summed over sessions
+    /// and projects, before the unknown-model reassignment.
+    pub fn half_hour_buckets(&self, filter: &Filter) -> Result<Vec<Bucket>> {
+        let mut sql = String::from(
+            "SELECT source, model, hour_start, SUM(input), SUM(cached), SUM(cache_creation),
+                    SUM(output), SUM(reasoning), SUM(total)
+             FROM agg WHERE 1=1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        push_filter(filter, &mut sql, &mut args);
+        sql.push_str(" GROUP BY hour_start, source, model ORDER BY hour_start");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                read_tokens(r, 3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (source, model, hour_start, tokens) = row?;
+            let Ok(source) = source.parse::<Source>() else {
+                continue;
+            };
+            out.push(Bucket {
+                key: BucketKey {
+                    source,
+                    model,
+                    hour_start,
+                },
+                tokens,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every file cursor, for `status`.
+    pub fn files(&self) -> Result<Vec<FileCursor>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT path, source, size, offset, last_scan FROM files ORDER BY source, path",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FileCursor {
+                path: r.get(0)?,
+                source: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+                offset: r.get::<_, i64>(3)? as u64,
+                last_scan: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// A value of the ledger's key-value table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+/// Reads six token columns starting at `first`.
+fn read_tokens(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<TokenCounts> {
+    let mut a = [0u64; 6];
+    for (i, v) in a.iter_mut().enumerate() {
+        *v = r.get::<_, i64>(first + i)?.max(0) as u64;
+    }
+    Ok(TokenCounts::from_array(a))
+}
+
+/// Appends the `WHERE` terms of `filter` (columns of `agg`, unqualified or as `a.`).
+fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<rusqlite::types::Value>) {
+    if let Some(f) = filter.from {
+        sql.push_str(" AND hour_start >= ?");
+        args.push(f.into());
+    }
+    if let Some(t) = filter.to {
+        sql.push_str(" AND hour_start < ?");
+        args.push(t.into());
+    }
+    if !filter.sources.is_empty() {
+        sql.push_str(" AND source IN (");
+        for (i, s) in filter.sources.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+            args.push(s.as_str().to_string().into());
+        }
+        sql.push(')');
+    }
+    if !filter.models.is_empty() {
+        sql.push_str(" AND model IN (");
+        for (i, m) in filter.models.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+            args.push(m.clone().into());
+        }
+        sql.push(')');
+    }
+}
