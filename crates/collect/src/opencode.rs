@@ -272,10 +272,12 @@ impl Collector for OpenCodeCollector {
     }
 
     fn scan(&self, file: &FoundFile, _offset: u64, state: &str) -> FileScan {
-        if file.path.extension().and_then(|e| e.to_str()) == Some("db") {
-            scan_db(&file.path, state)
-        } else {
+        // Legacy message files are `.json`; anything else is a database (`$OPENCODE_DB` may
+        // name a file with any extension).
+        if file.path.extension().and_then(|e| e.to_str()) == Some("json") {
             scan_legacy_message(&file.path)
+        } else {
+            scan_db(&file.path, state)
         }
     }
 }
@@ -551,7 +553,14 @@ fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
         skipped: Vec::new(),
         read: 0,
     };
-    let v2_sessions = reader.read_v2()?;
+    // A 2.x schema this reader does not know must not hide the v1 rows.
+    let v2_sessions = match reader.read_v2() {
+        Ok(s) => s,
+        Err(_) => {
+            reader.skip(0, SkipReason::BadFields);
+            HashSet::new()
+        }
+    };
     reader.read_v1(&v2_sessions)?;
     let DbReader {
         events,

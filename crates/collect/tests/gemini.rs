@@ -475,3 +475,27 @@ fn real_fixtures_give_known_totals() {
     assert!(s.events.is_empty());
     assert!(s.skipped.is_empty());
 }
+
+proptest::proptest! {
+    #[test]
+    fn parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let p = Path::new("h/.gemini/tmp/p/chats/session-x.jsonl");
+        let (events, _) = gemini::parse_jsonl_bytes(p, &bytes);
+        for e in events {
+            proptest::prop_assert!(e.tokens.is_consistent());
+        }
+        let _ = gemini::parse_document_bytes(p, &bytes);
+    }
+
+    #[test]
+    fn token_mapping_matches_the_spec(
+        i in 0u64..1 << 40, o in 0u64..1 << 40, c in 0u64..1 << 40,
+        th in 0u64..1 << 40, tool in 0u64..1 << 40,
+    ) {
+        let v: serde_json::Value = serde_json::json!({
+            "input": i, "output": o, "cached": c, "thoughts": th, "tool": tool
+        });
+        let t = gemini::gemini_tokens(&v).unwrap();
+        proptest::prop_assert_eq!(t, TokenCounts::new(i + tool, c, 0, o + th, th));
+    }
+}

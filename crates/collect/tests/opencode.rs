@@ -586,3 +586,53 @@ fn real_fixtures_give_known_totals() {
         .iter()
         .all(|s| s.events.is_empty() && s.skipped.is_empty()));
 }
+
+#[test]
+fn unknown_v2_schema_does_not_hide_v1_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = v1_db(dir.path(), "opencode.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE session_message (id TEXT PRIMARY KEY, blob TEXT);")
+        .unwrap();
+    drop(c);
+    let s = scan(&db, "");
+    assert_eq!(total(&s.events).total_tokens, 2778);
+    assert_eq!(
+        s.skipped.iter().map(|k| k.reason).collect::<Vec<_>>(),
+        vec![
+            SkipReason::BadFields,
+            SkipReason::InvalidJson,
+            SkipReason::BadFields
+        ]
+    );
+}
+
+#[test]
+fn database_named_by_opencode_db_with_another_extension_is_scanned_as_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = v1_db(dir.path(), "usage.sqlite");
+    let s = scan(&db, "");
+    assert_eq!(total(&s.events).total_tokens, 2778);
+}
+
+proptest::proptest! {
+    #[test]
+    fn parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let _ = opencode::parse_message(&bytes);
+        let _ = opencode::parse_step_finish(&bytes);
+    }
+
+    #[test]
+    fn token_mapping_keeps_parts_inside_totals(
+        i in 0u64..1 << 40, o in 0u64..1 << 40, r in 0u64..1 << 40,
+        cr in 0u64..1 << 40, cw in 0u64..1 << 40,
+    ) {
+        let json = format!(
+            r#"{{"type":"step-finish","tokens":{{"input":{i},"output":{o},"reasoning":{r},"cache":{{"read":{cr},"write":{cw}}}}}}}"#
+        );
+        let (_, t) = opencode::parse_step_finish(json.as_bytes()).unwrap().unwrap();
+        let c = t.counts();
+        proptest::prop_assert_eq!(c, TokenCounts::new(i + cr + cw, cr, cw, o + r, r));
+        proptest::prop_assert_eq!(c.total_tokens, i + o + r + cr + cw);
+    }
+}
