@@ -62,7 +62,7 @@ fn scan(path: &Path) -> FileScan {
     ClaudeCollector.scan(&found(path), 0, "")
 }
 
-fn write(path: &Path, text: &str) {
+fn write(path: &Path, text: impl AsRef<[u8]>) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, text).unwrap();
 }
@@ -841,6 +841,98 @@ fn copy_tree(from: &Path, to: &Path) {
             copy_tree(&entry.path(), &dest);
         } else {
             fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// properties
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Streamed snapshots in any order, split across two scans at any line, merge to the
+        /// sum over responses of the largest snapshot.
+        #[test]
+        fn snapshots_in_any_order_merge_to_the_largest(
+            responses in prop::collection::vec(
+                (0u64..1000, 0u64..5000, prop::collection::vec(0u64..400, 1..5)),
+                1..6,
+            ),
+            shuffle in prop::collection::vec(any::<u32>(), 0..40),
+            cut in any::<u16>(),
+        ) {
+            let mut all: Vec<(usize, u64, u64, u64)> = Vec::new();
+            let mut want = TokenCounts::default();
+            for (i, (input, cache_read, outputs)) in responses.iter().enumerate() {
+                for out in outputs {
+                    all.push((i, *input, *cache_read, *out));
+                }
+                let max_out = *outputs.iter().max().unwrap();
+                let t = TokenCounts::new(input + cache_read, *cache_read, 0, max_out, 0);
+                if !t.is_zero() {
+                    want += t;
+                }
+            }
+            for (k, r) in shuffle.iter().enumerate() {
+                let j = *r as usize % all.len();
+                let k = k % all.len();
+                all.swap(j, k);
+            }
+            let text: Vec<String> = all
+                .iter()
+                .enumerate()
+                .map(|(n, (i, input, cache_read, out))| {
+                    let msg = format!("msg_{i}");
+                    let req = format!("req_{i}");
+                    let uuid = format!("u{n}");
+                    Line {
+                        uuid: &uuid,
+                        msg: Some(&msg),
+                        req: Some(&req),
+                        usage: [*input, *out, *cache_read, 0],
+                        ..Default::default()
+                    }
+                    .json()
+                        + "\n"
+                })
+                .collect();
+            let split = cut as usize % (text.len() + 1);
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("projects/-p/ses-1.jsonl");
+            write(&p, &text[..split].concat());
+            let s1 = scan(&p);
+            write(&p, &text.concat());
+            let s2 = ClaudeCollector.scan(&found(&p), s1.offset, "");
+            prop_assert!(s1.skipped.is_empty() && s2.skipped.is_empty());
+            prop_assert_eq!(total(&merge(&[&s1, &s2])), want);
+        }
+
+        /// Arbitrary bytes around a valid line never panic, and the valid line still counts.
+        #[test]
+        fn garbage_lines_never_hide_a_valid_line(
+            before in prop::collection::vec(any::<u8>(), 0..300),
+            after in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let good = Line { uuid: "g", msg: Some("msg_good"), usage: [1, 2, 3, 4], ..Default::default() }.json();
+            let strip = |v: &[u8]| -> Vec<u8> { v.iter().copied().filter(|b| *b != b'\n').collect() };
+            let mut bytes = strip(&before);
+            bytes.push(b'\n');
+            bytes.extend_from_slice(good.as_bytes());
+            bytes.push(b'\n');
+            bytes.extend_from_slice(&strip(&after));
+            bytes.push(b'\n');
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("projects/-p/ses-1.jsonl");
+            write(&p, &bytes);
+            let s = ClaudeCollector.scan(&found(&p), 0, "");
+            let good_key = s.events.iter().find(|e| e.tokens == TokenCounts::new(8, 3, 4, 2, 0));
+            prop_assert!(good_key.is_some());
+            prop_assert_eq!(s.offset, bytes.len() as u64);
         }
     }
 }
