@@ -177,7 +177,7 @@ fn maps_fields_per_spec() {
     let p = dir.path().join("projects/-home-dev-proj/ses-1.jsonl");
     write(
         &p,
-        &lines(&[Line {
+        lines(&[Line {
             usage: [3, 250, 104_929, 386],
             ..Default::default()
         }]),
@@ -297,7 +297,7 @@ fn missing_request_id_falls_back_to_message_id() {
     let p = dir.path().join("projects/-p/ses-1.jsonl");
     write(
         &p,
-        &lines(&[
+        lines(&[
             Line {
                 uuid: "a1",
                 req: None,
@@ -330,7 +330,7 @@ fn lines_without_message_id_count_once_each() {
     let p = dir.path().join("projects/-p/ses-1.jsonl");
     write(
         &p,
-        &lines(&[
+        lines(&[
             Line {
                 uuid: "a1",
                 msg: None,
@@ -363,7 +363,7 @@ fn sidechain_replay_of_a_parent_message_is_dropped() {
     let parent = dir.path().join("projects/-p/ses-1.jsonl");
     write(
         &parent,
-        &lines(&[Line {
+        lines(&[Line {
             uuid: "a1",
             usage: [4, 60, 900, 100],
             ..Default::default()
@@ -373,7 +373,7 @@ fn sidechain_replay_of_a_parent_message_is_dropped() {
     let side = dir.path().join("projects/-p/ses-2.jsonl");
     write(
         &side,
-        &lines(&[
+        lines(&[
             Line {
                 session: "ses-2",
                 uuid: "s1",
@@ -421,12 +421,12 @@ fn resumed_session_copying_history_counts_once() {
             ..Default::default()
         },
     ];
-    write(&first, &lines(&history));
+    write(&first, lines(&history));
     // The resumed session copies both responses (new session id, new uuids) and adds one.
     let resumed = dir.path().join("projects/-p/ses-2.jsonl");
     write(
         &resumed,
-        &lines(&[
+        lines(&[
             Line {
                 session: "ses-2",
                 uuid: "c-a1",
@@ -491,7 +491,7 @@ fn synthetic_and_api_error_lines_are_skipped() {
         ..Default::default()
     }
     .json();
-    write(&p, &format!("{synthetic}\n{api_error}\n{real}\n"));
+    write(&p, format!("{synthetic}\n{api_error}\n{real}\n"));
     let s = scan(&p);
     assert!(s.skipped.is_empty());
     assert_eq!(s.events.len(), 1);
@@ -505,7 +505,7 @@ fn cache_creation_split_is_used_when_the_flat_field_is_missing() {
     let split_only = r#"{"type":"assistant","sessionId":"s","timestamp":"2025-12-16T00:00:01Z","requestId":"r1","message":{"id":"m1","model":"claude-sonnet-4-5","usage":{"input_tokens":5,"output_tokens":9,"cache_read_input_tokens":40,"cache_creation":{"ephemeral_5m_input_tokens":30,"ephemeral_1h_input_tokens":70}}}}"#;
     // When both are present the flat field wins (it already is the sum).
     let both = r#"{"type":"assistant","sessionId":"s","timestamp":"2025-12-16T00:00:02Z","requestId":"r2","message":{"id":"m2","model":"claude-sonnet-4-5","usage":{"input_tokens":1,"output_tokens":1,"cache_creation_input_tokens":12,"cache_creation":{"ephemeral_5m_input_tokens":2,"ephemeral_1h_input_tokens":10}}}}"#;
-    write(&p, &format!("{split_only}\n{both}\n"));
+    write(&p, format!("{split_only}\n{both}\n"));
     let s = scan(&p);
     assert_eq!(s.events.len(), 2);
     assert_eq!(s.events[0].tokens, TokenCounts::new(145, 40, 100, 9, 0));
@@ -530,7 +530,7 @@ fn torn_last_line_is_left_for_the_next_scan() {
     }
     .json();
     let (head, tail) = next.split_at(next.len() / 2);
-    write(&p, &format!("{done}{head}"));
+    write(&p, format!("{done}{head}"));
     let s1 = scan(&p);
     assert_eq!(s1.offset, done.len() as u64);
     assert_eq!(s1.events.len(), 1);
@@ -646,7 +646,7 @@ fn session_and_project_fall_back_to_the_path() {
     let p = dir.path().join("projects/-home-dev-p/9f2c.jsonl");
     let line = r#"{"type":"assistant","timestamp":"2025-12-16T00:00:01Z","requestId":"r","message":{"id":"m","model":"  claude-haiku-4-5 ","usage":{"input_tokens":1,"output_tokens":1}}}"#;
     let no_model = r#"{"type":"assistant","timestamp":"2025-12-16T00:00:01Z","cwd":"","requestId":"r2","message":{"id":"m2","usage":{"input_tokens":1,"output_tokens":1}}}"#;
-    write(&p, &format!("{line}\n{no_model}\n"));
+    write(&p, format!("{line}\n{no_model}\n"));
     let s = scan(&p);
     assert_eq!(s.events.len(), 2);
     assert_eq!(s.events[0].session, "9f2c");
@@ -721,7 +721,7 @@ fn subagent_files_add_their_own_usage() {
     let a = h.join(".claude/projects/-p");
     write(
         &a.join("ses-1.jsonl"),
-        &lines(&[Line {
+        lines(&[Line {
             uuid: "a1",
             usage: [2, 10, 500, 0],
             ..Default::default()
@@ -731,7 +731,7 @@ fn subagent_files_add_their_own_usage() {
     // sometimes never written, so the largest snapshot is the estimate.
     write(
         &a.join("ses-1/subagents/agent-x.jsonl"),
-        &lines(&[
+        lines(&[
             Line {
                 uuid: "c1",
                 msg: Some("msg_sub_1"),
@@ -752,7 +752,7 @@ fn subagent_files_add_their_own_usage() {
     );
     write(
         &a.join("ses-1/subagents/workflows/run-1/agent-y.jsonl"),
-        &lines(&[Line {
+        lines(&[Line {
             uuid: "w1",
             msg: Some("msg_wf_1"),
             req: Some("req_wf_1"),
@@ -904,9 +904,9 @@ mod props {
             let split = cut as usize % (text.len() + 1);
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("projects/-p/ses-1.jsonl");
-            write(&p, &text[..split].concat());
+            write(&p, text[..split].concat());
             let s1 = scan(&p);
-            write(&p, &text.concat());
+            write(&p, text.concat());
             let s2 = ClaudeCollector.scan(&found(&p), s1.offset, "");
             prop_assert!(s1.skipped.is_empty() && s2.skipped.is_empty());
             prop_assert_eq!(total(&merge(&[&s1, &s2])), want);
