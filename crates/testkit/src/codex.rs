@@ -218,7 +218,9 @@ impl Roll {
 
         // The billed response.
         let last = Self::usage(ctx, self.new_fmt);
-        let reset = self.total.input > 0 && ctx.rng.random_ratio(1, 15);
+        // A reset must be visible: the new total (this response alone) is below the old one.
+        let reset = self.total.input + self.total.output > last.input + last.output
+            && ctx.rng.random_ratio(1, 15);
         if reset {
             // Compaction: the thread counter restarts at this response.
             let ts = self.tick(ctx, 10, 500);
