@@ -1,0 +1,88 @@
+//! Bearer-token authentication: user tokens (`tlu_...`) for accounts and reading usage, device
+//! tokens (`tld_...`) for ingest. Only SHA-256 hashes of tokens are stored.
+
+use crate::{ApiError, AppState};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use tokenledger_store::{hash_token, Device, User, UserId};
+
+/// Prefix of user tokens.
+pub const USER_TOKEN_PREFIX: &str = "tlu_";
+/// Prefix of device tokens.
+pub const DEVICE_TOKEN_PREFIX: &str = "tld_";
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(ApiError::unauthorized(
+            "expected Authorization: Bearer <token>",
+        ));
+    }
+    Ok(token)
+}
+
+/// A request made with a user token.
+pub struct UserAuth(pub User);
+
+impl FromRequestParts<AppState> for UserAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        match state.store().user_by_token_hash(&hash_token(token)).await? {
+            Some(user) => Ok(UserAuth(user)),
+            None => Err(ApiError::unauthorized("unknown user token")),
+        }
+    }
+}
+
+/// A request made with the token of a device that is not revoked.
+pub struct DeviceAuth(pub Device);
+
+impl FromRequestParts<AppState> for DeviceAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        match state
+            .store()
+            .device_by_token_hash(&hash_token(token))
+            .await?
+        {
+            Some(device) => Ok(DeviceAuth(device)),
+            None => Err(ApiError::unauthorized("unknown or revoked device token")),
+        }
+    }
+}
+
+/// A request allowed to read a user's usage: the user's token or one of their active devices'.
+pub struct ReaderAuth(pub UserId);
+
+impl FromRequestParts<AppState> for ReaderAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let hash = hash_token(token);
+        if !token.starts_with(DEVICE_TOKEN_PREFIX) {
+            if let Some(user) = state.store().user_by_token_hash(&hash).await? {
+                return Ok(ReaderAuth(user.id));
+            }
+        }
+        if let Some(device) = state.store().device_by_token_hash(&hash).await? {
+            return Ok(ReaderAuth(device.user_id));
+        }
+        Err(ApiError::unauthorized("unknown or revoked token"))
+    }
+}
