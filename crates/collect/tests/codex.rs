@@ -1021,3 +1021,64 @@ fn fixture_schema_drift_has_no_usage() {
     assert!(s.events.is_empty());
     assert!(s.skipped.is_empty());
 }
+
+#[test]
+fn without_an_originator_event_lines_mark_every_code() {
+    let lines = every_code_session()[1..].join("\n") + "\n";
+    let name = rollout_name(ID);
+    let every =
+        tokenledger_collect::codex::scan_bytes_as(Source::EveryCode, lines.as_bytes(), &name);
+    assert_eq!(total(&every.events), tk([900, 300, 50, 70, 9]));
+    assert!(scan_bytes(lines.as_bytes(), &name).events.is_empty());
+    // And event_msg lines without an originator are Codex's.
+    let codex = plain_session()[1..].join("\n") + "\n";
+    assert_eq!(
+        total(&scan_bytes(codex.as_bytes(), &name).events),
+        tk([2500, 1800, 100, 90, 30])
+    );
+    assert!(
+        tokenledger_collect::codex::scan_bytes_as(Source::EveryCode, codex.as_bytes(), &name)
+            .events
+            .is_empty()
+    );
+}
+
+#[test]
+fn every_code_is_registered() {
+    let sources: Vec<Source> = tokenledger_collect::all_collectors()
+        .iter()
+        .map(|c| c.source())
+        .collect();
+    assert!(sources.contains(&Source::Codex));
+    assert!(sources.contains(&Source::EveryCode));
+}
+
+proptest! {
+    /// Damaged copies of a real-shaped session (bytes flipped, cut, duplicated) never panic
+    /// and never yield malformed events.
+    #[test]
+    fn damaged_sessions_never_panic(
+        edits in proptest::collection::vec((0usize..4000, any::<u8>()), 0..12),
+        cut in 0usize..4000,
+    ) {
+        let mut bytes = busy_child_session().join("\n").into_bytes();
+        bytes.push(b'\n');
+        for (at, b) in edits {
+            let at = at % bytes.len();
+            bytes[at] = b;
+        }
+        let cut = cut % (bytes.len() + 1);
+        let doubled = [&bytes[..cut], &bytes[..]].concat();
+        for data in [&bytes[..cut], &doubled[..]] {
+            let s = scan_bytes(data, &rollout_name(ID));
+            prop_assert!(s.offset <= data.len() as u64);
+            for e in &s.events {
+                prop_assert!(!e.tokens.is_zero());
+                prop_assert_eq!(
+                    e.tokens.total_tokens,
+                    e.tokens.input_tokens + e.tokens.output_tokens
+                );
+            }
+        }
+    }
+}
