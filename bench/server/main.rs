@@ -1,0 +1,2 @@
+//! Server benchmark (being written).
+fn main() {}
