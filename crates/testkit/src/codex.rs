@@ -220,7 +220,7 @@ impl Roll {
         let last = Self::usage(ctx, self.new_fmt);
         // A reset must be visible: the new total (this response alone) is below the old one.
         let reset = self.total.input + self.total.output > last.input + last.output
-            && ctx.rng.random_ratio(1, 15);
+            && ctx.rng.random_ratio(1, 8);
         if reset {
             // Compaction: the thread counter restarts at this response.
             let ts = self.tick(ctx, 10, 500);
