@@ -26,6 +26,9 @@
 //!   only while the file has shown no `token_count` with usage (records buffered in a scan are
 //!   dropped when one appears later in that scan), keyed by `(thread_id, response_id)`.
 //!   `compacted.payload.latest_token_usage_record` is a copy and is never read.
+//!   Known limit: if an earlier incremental scan already emitted records and a `token_count`
+//!   first appears later, that `token_count` only sets the baseline (nothing counts twice),
+//!   but a full rescan of the file would key the same usage by its `token_count` lines instead.
 //! - Every Code (`originator` `code_*`) and Codex (any other originator) may share one folder:
 //!   each collector emits nothing for the other's rollouts. Without an originator, Every Code's
 //!   `event` lines mark its files and anything else is Codex's.
