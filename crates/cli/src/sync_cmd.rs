@@ -44,6 +44,9 @@ pub struct LogoutArgs {
     /// Forget the credentials even when the server cannot be told to revoke them.
     #[arg(long)]
     pub local_only: bool,
+    /// Your user token, when the server only lets users revoke their devices.
+    #[arg(long, env = "TOKENLEDGER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -204,10 +207,26 @@ pub fn logout(a: LogoutArgs) -> Result<ExitCode> {
         println!("Not logged in.");
         return Ok(ExitCode::SUCCESS);
     };
-    let revoked = Client::new(&creds.server)
-        .and_then(|c| c.revoke_device(&creds.device_token.0, &creds.device_id));
+    let client = Client::new(&creds.server)?;
+    // The device's own token first; servers that only let users revoke answer 401 to it.
+    let revoked = match client.revoke_device(&creds.device_token.0, &creds.device_id) {
+        Err(ApiError::Unauthorized { .. }) => match a.token.as_deref().map(str::trim) {
+            Some(user) if !user.is_empty() => client.revoke_device(user, &creds.device_id),
+            _ => {
+                eprintln!(
+                    "tokenledger: the server did not take this device's token to revoke it \
+                     (it may be revoked already); if it is not, revoke device {} from the \
+                     dashboard or run `tokenledger logout --token USER_TOKEN`",
+                    creds.device_id
+                );
+                Ok(())
+            }
+        },
+        other => other,
+    };
     match revoked {
-        Ok(()) | Err(ApiError::Unauthorized { .. }) => {}
+        // 404: no such active device, i.e. revoked already.
+        Ok(()) | Err(ApiError::Status { status: 404, .. }) => {}
         Err(e) if a.local_only => {
             eprintln!("tokenledger: could not revoke the device on the server: {e}");
         }
