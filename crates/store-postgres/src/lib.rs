@@ -86,12 +86,13 @@ async fn migrate_locked(conn: &mut PgConnection, upto: Option<i64>) -> Result<Ve
         if upto.is_some_and(|u| m.version > u) {
             break;
         }
-        let done: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)")
-                .bind(m.version)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db_err)?;
+        let done: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",
+        )
+        .bind(m.version)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
         if done {
             continue;
         }
@@ -302,8 +303,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.map(|r| device_from_row(&r).map_err(db_err))
-            .transpose()
+        row.map(|r| device_from_row(&r).map_err(db_err)).transpose()
     }
 
     async fn list_devices(&self, user_id: UserId) -> Result<Vec<Device>> {

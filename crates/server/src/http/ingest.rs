@@ -5,11 +5,11 @@
 
 use crate::auth::DeviceAuth;
 use crate::{ApiError, AppState};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -148,19 +148,9 @@ pub fn parse_body(body: &[u8], max_buckets: usize) -> Result<Vec<NewBucket>, Api
 pub async fn ingest(
     State(state): State<AppState>,
     DeviceAuth(device): DeviceAuth,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<IngestResult>, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body over {} bytes", state.config().max_body_bytes),
-            )
-        } else {
-            ApiError::bad_request("invalid_body", e.body_text())
-        }
-    })?;
+    let body = read_body(body, state.config().max_body_bytes).await?;
     let buckets = parse_body(&body, state.config().max_buckets)?;
     let wait = state.config().ingest_queue_wait;
     let permits = state.ingest_permits();
@@ -185,6 +175,33 @@ pub async fn ingest(
         updated: counts.updated,
         unchanged: counts.unchanged,
     }))
+}
+
+/// Reads the body up to `max` bytes. A larger body is read to its end (up to a bound) and
+/// discarded before the 413 goes out, so that the client, still writing, sees the answer
+/// rather than a reset connection.
+async fn read_body(body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= max {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body over {max} bytes"),
+        ));
+    }
+    Ok(buf)
 }
 
 fn retry_after(wait: Duration) -> u64 {
