@@ -196,3 +196,8 @@ impl Filler {
         &self.text[start..end]
     }
 }
+
+/// Compresses `data` into one zstd frame (as Codex's idle-thread worker does).
+pub fn zstd_compress(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap_or_default()
+}
