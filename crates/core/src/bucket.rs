@@ -23,7 +23,7 @@ pub struct Bucket {
 }
 
 /// The known model with the largest `total_tokens`; ties go to the smallest name.
-fn dominant_known<'a>(models: &'a BTreeMap<String, TokenCounts>) -> Option<&'a str> {
+fn dominant_known(models: &BTreeMap<String, TokenCounts>) -> Option<&str> {
     let mut best: Option<(&str, u64)> = None;
     // BTreeMap iterates names in ascending order, so a strict `>` keeps the smallest on ties.
     for (model, t) in models {

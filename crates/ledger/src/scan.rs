@@ -272,9 +272,33 @@ fn load_cursors(conn: &Connection) -> Result<HashMap<(String, String), Cursor>> 
     Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
 }
 
+/// One event waiting to be written, in a compact form.
+struct Pending {
+    key: i64,
+    source: Source,
+    model: u32,
+    ts: i64,
+    dim: i64,
+    tokens: [u64; 6],
+    grp: Option<i64>,
+    replay: bool,
+}
+
+/// Events are buffered, sorted by key and deduplicated in memory before they reach SQLite:
+/// sorted upserts touch each B-tree page once instead of at random.
+const PENDING_LIMIT: usize = 250_000;
+
 struct Writer {
-    dims: HashMap<(String, String), i64>,
+    /// Interned `(session, project)` ids by a hash of the pair.
+    dims: HashMap<u64, i64>,
+    models: Vec<String>,
+    model_ids: HashMap<String, u32>,
+    pending: Vec<Pending>,
+    files: Vec<Done>,
     touched: HashSet<i64>,
+    /// Replay groups whose original was written in this transaction.
+    originals: HashSet<i64>,
+    now: i64,
 }
 
 fn write_all(
@@ -284,34 +308,38 @@ fn write_all(
 ) -> Result<()> {
     let mut w = Writer {
         dims: HashMap::new(),
+        models: Vec::new(),
+        model_ids: HashMap::new(),
+        pending: Vec::new(),
+        files: Vec::new(),
         touched: HashSet::new(),
+        originals: HashSet::new(),
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     let mut tx = conn.transaction()?;
-    let mut in_tx = 0usize;
-    for done in rx {
-        write_one(&tx, &mut w, &done, now, report)?;
+    for mut done in rx {
         report.files_read += 1;
         report.bytes_read += done.scan.bytes_read;
-        report.skipped.extend(done.scan.skipped);
-        in_tx += 1;
-        if in_tx >= FILES_PER_COMMIT {
-            refresh_aggregates(&tx, &mut w.touched)?;
+        report.skipped.append(&mut done.scan.skipped);
+        buffer(&tx, &mut w, &mut done)?;
+        w.files.push(done);
+        if w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_COMMIT {
+            flush(&tx, &mut w, report)?;
             tx.commit()?;
             tx = conn.transaction()?;
-            in_tx = 0;
         }
     }
-    refresh_aggregates(&tx, &mut w.touched)?;
+    flush(&tx, &mut w, report)?;
     tx.commit()?;
     Ok(())
 }
 
 fn dim_id(tx: &Transaction, w: &mut Writer, session: &str, project: &str) -> Result<i64> {
-    if let Some(id) = w.dims.get(&(session.to_string(), project.to_string())) {
+    let key = tokenledger_collect::stable_hash(&[session.as_bytes(), project.as_bytes()]);
+    if let Some(id) = w.dims.get(&key) {
         return Ok(*id);
     }
     let id: Option<i64> = tx
@@ -326,25 +354,48 @@ fn dim_id(tx: &Transaction, w: &mut Writer, session: &str, project: &str) -> Res
             tx.last_insert_rowid()
         }
     };
-    w.dims
-        .insert((session.to_string(), project.to_string()), id);
+    w.dims.insert(key, id);
     Ok(id)
 }
 
-fn write_one(
-    tx: &Transaction,
-    w: &mut Writer,
-    done: &Done,
-    now: i64,
-    report: &mut ScanReport,
-) -> Result<()> {
-    for e in &done.scan.events {
+/// Moves a file's events into the pending buffer.
+fn buffer(tx: &Transaction, w: &mut Writer, done: &mut Done) -> Result<()> {
+    for e in std::mem::take(&mut done.scan.events) {
         if e.tokens.is_zero() {
             continue;
         }
         let dim = dim_id(tx, w, &e.session, &e.project)?;
-        let t = &e.tokens;
-        let hour = tokenledger_core::floor_half_hour(e.ts);
+        let model = match w.model_ids.get(&e.model) {
+            Some(id) => *id,
+            None => {
+                let id = w.models.len() as u32;
+                w.model_ids.insert(e.model.clone(), id);
+                w.models.push(e.model);
+                id
+            }
+        };
+        w.pending.push(Pending {
+            key: e.dedupe_key as i64,
+            source: e.source,
+            model,
+            ts: e.ts,
+            dim,
+            tokens: e.tokens.as_array(),
+            grp: e.group.map(|g| g as i64),
+            replay: e.replay,
+        });
+    }
+    Ok(())
+}
+
+/// Writes the buffered events (largest total per key), the cursors of their files, and the
+/// aggregates of the half hours they touched, in the caller's transaction.
+fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()> {
+    let mut pending = std::mem::take(&mut w.pending);
+    // Sort by key, largest total first within a key; keep the first of each key.
+    pending.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.tokens[5].cmp(&a.tokens[5])));
+    pending.dedup_by_key(|p| p.key);
+    {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO entries (id, source, model, ts, hour_start, dim, input, cached,
                                   cache_creation, output, reasoning, total, grp, replay)
@@ -356,82 +407,95 @@ fn write_one(
              WHERE excluded.total > entries.total
              RETURNING hour_start",
         )?;
-        let touched: Option<i64> = upsert
-            .query_row(
-                params![
-                    e.dedupe_key as i64,
-                    e.source.as_str(),
-                    e.model,
-                    e.ts,
-                    hour,
-                    dim,
-                    t.input_tokens as i64,
-                    t.cached_input_tokens as i64,
-                    t.cache_creation_input_tokens as i64,
-                    t.output_tokens as i64,
-                    t.reasoning_output_tokens as i64,
-                    t.total_tokens as i64,
-                    e.group.map(|g| g as i64),
-                    e.replay as i64,
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(h) = touched {
-            report.entries_written += 1;
-            w.touched.insert(h);
-            if let (Some(g), false) = (e.group, e.replay) {
-                // A replayed copy of this response may already be counted elsewhere.
-                let mut q = tx.prepare_cached(
-                    "SELECT hour_start FROM entries WHERE grp = ?1 AND replay = 1",
-                )?;
-                let hours = q.query_map([g as i64], |r| r.get::<_, i64>(0))?;
-                for h in hours {
-                    w.touched.insert(h?);
+        for p in &pending {
+            let t = &p.tokens;
+            let touched: Option<i64> = upsert
+                .query_row(
+                    params![
+                        p.key,
+                        p.source.as_str(),
+                        w.models[p.model as usize],
+                        p.ts,
+                        tokenledger_core::floor_half_hour(p.ts),
+                        p.dim,
+                        t[0] as i64,
+                        t[1] as i64,
+                        t[2] as i64,
+                        t[3] as i64,
+                        t[4] as i64,
+                        t[5] as i64,
+                        p.grp,
+                        p.replay as i64,
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(h) = touched {
+                report.entries_written += 1;
+                w.touched.insert(h);
+                if let (Some(g), false) = (p.grp, p.replay) {
+                    // A replayed copy of this response may already be counted in another
+                    // half hour: refresh_aggregates touches those hours too.
+                    w.originals.insert(g);
                 }
             }
         }
     }
-    tx.prepare_cached(
-        "INSERT INTO files (source, path, dev, inode, size, mtime_ns, offset, head_len, head_hash,
-                            state, last_scan)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (source, path) DO UPDATE SET
-            dev = excluded.dev, inode = excluded.inode, size = excluded.size,
-            mtime_ns = excluded.mtime_ns, offset = excluded.offset, head_len = excluded.head_len,
-            head_hash = excluded.head_hash, state = excluded.state, last_scan = excluded.last_scan",
-    )?
-    .execute(params![
-        done.file.source.as_str(),
-        done.file.path.to_string_lossy(),
-        done.stat.dev as i64,
-        done.stat.inode as i64,
-        done.stat.size as i64,
-        done.stat.mtime_ns,
-        done.scan.offset as i64,
-        done.head_len as i64,
-        done.head_hash as i64,
-        done.scan.state,
-        now,
-    ])?;
-    Ok(())
+    {
+        let mut cursor = tx.prepare_cached(
+            "INSERT INTO files (source, path, dev, inode, size, mtime_ns, offset, head_len,
+                                head_hash, state, last_scan)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (source, path) DO UPDATE SET
+                dev = excluded.dev, inode = excluded.inode, size = excluded.size,
+                mtime_ns = excluded.mtime_ns, offset = excluded.offset,
+                head_len = excluded.head_len, head_hash = excluded.head_hash,
+                state = excluded.state, last_scan = excluded.last_scan",
+        )?;
+        for done in w.files.drain(..) {
+            cursor.execute(params![
+                done.file.source.as_str(),
+                done.file.path.to_string_lossy(),
+                done.stat.dev as i64,
+                done.stat.inode as i64,
+                done.stat.size as i64,
+                done.stat.mtime_ns,
+                done.scan.offset as i64,
+                done.head_len as i64,
+                done.head_hash as i64,
+                done.scan.state,
+                w.now,
+            ])?;
+        }
+    }
+    refresh_aggregates(tx, w)
 }
 
 /// Recomputes the aggregates of every touched half hour from the entries, leaving out replayed
 /// copies whose original is known.
-fn refresh_aggregates(tx: &Transaction, touched: &mut HashSet<i64>) -> Result<()> {
-    if touched.is_empty() {
+fn refresh_aggregates(tx: &Transaction, w: &mut Writer) -> Result<()> {
+    if w.touched.is_empty() {
         return Ok(());
     }
     tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS touched (h INTEGER PRIMARY KEY); DELETE FROM touched;",
+        "CREATE TEMP TABLE IF NOT EXISTS touched (h INTEGER PRIMARY KEY); DELETE FROM touched;
+         CREATE TEMP TABLE IF NOT EXISTS originals (g INTEGER PRIMARY KEY); DELETE FROM originals;",
     )?;
     {
         let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO touched (h) VALUES (?1)")?;
-        for h in touched.iter() {
+        for h in w.touched.iter() {
             ins.execute([h])?;
         }
+        let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO originals (g) VALUES (?1)")?;
+        for g in w.originals.iter() {
+            ins.execute([g])?;
+        }
     }
+    // Hours holding a replayed copy of an original written now.
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO touched (h)
+         SELECT e.hour_start FROM originals o JOIN entries e ON e.grp = o.g WHERE e.replay = 1;",
+    )?;
     tx.execute_batch(
         "DELETE FROM agg WHERE hour_start IN (SELECT h FROM touched);
          INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
@@ -443,8 +507,9 @@ fn refresh_aggregates(tx: &Transaction, touched: &mut HashSet<i64>) -> Result<()
            AND NOT (e.replay = 1 AND EXISTS (
                 SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
          GROUP BY e.hour_start, e.source, e.model, e.dim;
-         DELETE FROM touched;",
+         DELETE FROM touched; DELETE FROM originals;",
     )?;
-    touched.clear();
+    w.touched.clear();
+    w.originals.clear();
     Ok(())
 }
