@@ -63,7 +63,10 @@ fn codex_notify_is_chained_and_restored_exactly() {
             backup: Some(backup_path(&path))
         }
     );
-    assert_eq!(fs::read_to_string(backup_path(&path)).unwrap(), CODEX_CONFIG);
+    assert_eq!(
+        fs::read_to_string(backup_path(&path)).unwrap(),
+        CODEX_CONFIG
+    );
     let text = fs::read_to_string(&path).unwrap();
     let doc: toml_edit::DocumentMut = text.parse().unwrap();
     let argv: Vec<&str> = doc["notify"]
@@ -99,7 +102,10 @@ fn codex_notify_is_chained_and_restored_exactly() {
     );
     assert_eq!(fs::read_to_string(&path).unwrap(), text);
 
-    assert_eq!(hooks::uninstall(Agent::Codex, &e).unwrap(), Outcome::Restored);
+    assert_eq!(
+        hooks::uninstall(Agent::Codex, &e).unwrap(),
+        Outcome::Restored
+    );
     assert_eq!(fs::read_to_string(&path).unwrap(), CODEX_CONFIG);
     assert!(!backup_path(&path).exists());
     assert!(!installed(Agent::Codex, &e));
@@ -166,7 +172,10 @@ fn claude_session_end_hook_keeps_other_hooks_and_restores_bytes() {
     assert_eq!(fs::read(&path).unwrap(), after_first);
     assert!(installed(Agent::Claude, &e));
 
-    assert_eq!(hooks::uninstall(Agent::Claude, &e).unwrap(), Outcome::Restored);
+    assert_eq!(
+        hooks::uninstall(Agent::Claude, &e).unwrap(),
+        Outcome::Restored
+    );
     assert_eq!(fs::read_to_string(&path).unwrap(), CLAUDE_SETTINGS);
     assert!(!installed(Agent::Claude, &e));
 }
@@ -200,7 +209,10 @@ fn gemini_hook_and_a_settings_file_we_created() {
         Outcome::Installed { backup: None }
     );
     assert!(p2.exists());
-    assert_eq!(hooks::uninstall(Agent::Claude, &e2).unwrap(), Outcome::Restored);
+    assert_eq!(
+        hooks::uninstall(Agent::Claude, &e2).unwrap(),
+        Outcome::Restored
+    );
     assert!(!p2.exists());
 }
 
@@ -214,14 +226,19 @@ fn opencode_plugin_file() {
     let path = xdg.join("opencode/plugin/tokenledger.js");
     hooks::install(Agent::OpenCode, &e, Path::new(EXE)).unwrap();
     let js = fs::read_to_string(&path).unwrap();
-    assert!(js.contains(&format!("spawn(\"{EXE}\", [\"hooks\", \"run\", \"--source\", \"opencode\"]")));
+    assert!(js.contains(&format!(
+        "spawn(\"{EXE}\", [\"hooks\", \"run\", \"--source\", \"opencode\"]"
+    )));
     assert!(js.contains("session.idle"));
     assert_eq!(
         hooks::install(Agent::OpenCode, &e, Path::new(EXE)).unwrap(),
         Outcome::AlreadyInstalled
     );
     assert!(installed(Agent::OpenCode, &e));
-    assert_eq!(hooks::uninstall(Agent::OpenCode, &e).unwrap(), Outcome::Restored);
+    assert_eq!(
+        hooks::uninstall(Agent::OpenCode, &e).unwrap(),
+        Outcome::Restored
+    );
     assert!(!path.exists());
 
     // A plugin of the same name that is not ours is left alone.

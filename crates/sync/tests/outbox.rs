@@ -168,7 +168,10 @@ fn ack_keeps_totals_queued_after_the_batch_was_read() {
     assert_eq!(ob.ack(&in_flight).unwrap(), 0);
     let p = ob.pending(10).unwrap();
     assert_eq!(totals(&p), BTreeMap::from([(("gpt-5".into(), H), 25)]));
-    assert_eq!(ob.acked().unwrap().values().next().unwrap().total_tokens, 10);
+    assert_eq!(
+        ob.acked().unwrap().values().next().unwrap().total_tokens,
+        10
+    );
     assert_eq!(ob.ack(&p).unwrap(), 1);
     assert!(ob.is_empty().unwrap());
 }
