@@ -197,42 +197,62 @@ pub fn open_and_scan(verbose: bool, scan: bool) -> Result<Ledger> {
         }));
         let collectors = tokenledger_collect::all_collectors();
         let report = ledger.scan(&collectors, &Env::from_process(), &bar)?;
-        if !report.skipped.is_empty() {
-            let by: Vec<String> = report
-                .skipped_by_reason()
-                .iter()
-                .map(|(r, n)| format!("{n} {}", r.as_str()))
-                .collect();
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(
-                err,
-                "tokenledger: skipped {} line(s) or file(s): {}{}",
-                report.skipped.len(),
-                by.join(", "),
-                if verbose {
-                    ""
-                } else {
-                    " (--verbose lists them)"
-                }
-            );
-            if verbose {
-                for s in &report.skipped {
-                    let _ = if s.line == 0 {
-                        writeln!(err, "  {}: {}", s.path.display(), s.reason.as_str())
-                    } else {
-                        writeln!(
-                            err,
-                            "  {}:{}: {}",
-                            s.path.display(),
-                            s.line,
-                            s.reason.as_str()
-                        )
-                    };
-                }
-            }
-        }
+        report_skipped(&report, verbose);
     }
     Ok(ledger)
+}
+
+/// Tells on stderr what was skipped: unreadable files by name, malformed lines by count.
+fn report_skipped(report: &tokenledger_ledger::ScanReport, verbose: bool) {
+    use tokenledger_collect::SkipReason;
+    let mut err = std::io::stderr().lock();
+    for s in &report.skipped {
+        if s.reason == SkipReason::Unreadable {
+            let _ = writeln!(
+                err,
+                "tokenledger: warning: cannot read {}; it is left out, other files are still reported",
+                s.path.display()
+            );
+        }
+    }
+    let lines: Vec<_> = report
+        .skipped
+        .iter()
+        .filter(|s| s.reason != SkipReason::Unreadable)
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    let mut by = std::collections::BTreeMap::new();
+    for s in &lines {
+        *by.entry(s.reason).or_insert(0u64) += 1;
+    }
+    let by: Vec<String> = by
+        .iter()
+        .map(|(r, n)| format!("{n} {}", r.as_str()))
+        .collect();
+    let _ = writeln!(
+        err,
+        "tokenledger: skipped {} malformed line(s): {}{}",
+        lines.len(),
+        by.join(", "),
+        if verbose {
+            ""
+        } else {
+            " (--verbose lists them)"
+        }
+    );
+    if verbose {
+        for s in lines {
+            let _ = writeln!(
+                err,
+                "  {}:{}: {}",
+                s.path.display(),
+                s.line,
+                s.reason.as_str()
+            );
+        }
+    }
 }
 
 fn load_prices(o: &ReportOpts) -> Result<PriceTable> {
