@@ -345,8 +345,9 @@ pub fn compare(csv: &CsvUsage, stored: &[StoredRow], opts: &ParityOptions) -> Pa
     let project = |v: &Option<String>| if csv.has_project { v.clone() } else { None };
     let apikey = |v: &Option<String>| if csv.has_key { v.clone() } else { None };
     let model = |v: &Option<String>| if csv.has_model { v.clone() } else { None };
+    // The CSV side only fills the counters it has; a header-only export has none.
     let relevant = |c: &Counters, k: &WindowKey| {
-        metric_idx.iter().any(|(i, _)| c.0[*i] != 0)
+        !c.is_zero()
             || k.project_id.is_some()
             || k.api_key_id.is_some()
             || k.model.is_some()
