@@ -283,11 +283,21 @@ fn bad_input_is_skipped_counted_and_never_fatal() {
     );
     // Invalid JSON, invalid UTF-8, a good line, and a torn last line.
     let mut f = fs::File::create(bad.join("mixed.jsonl")).unwrap();
-    f.write_all(b"{\"type\":\"assistant\", this is not json\n")
-        .unwrap();
-    f.write_all(b"{\"type\":\"user\",\"message\":\"\xff\xfe\xfd\"}\n")
-        .unwrap();
+    // Usage-looking lines, so that no parser may call them noise: a cut-off assistant line, and
+    // an early streamed block of msg_bad_2 with invalid UTF-8 in its text (skipped or not, the
+    // largest block of msg_bad_2 decides, so the truth is the same).
     let ts2 = "2025-10-05T11:45:00.000Z";
+    let cut = claude_line("msg_bad_9", "req_bad_9", ts2, model, [1, 2, 3, 4]);
+    f.write_all(&cut.as_bytes()[..cut.len() - 40]).unwrap();
+    f.write_all(b"\n").unwrap();
+    let early = claude_line("msg_bad_2", "req_bad_2", ts2, model, [3, 0, 0, 1])
+        .replace("\"ok\"", "\"BAD\"");
+    let early = early.as_bytes();
+    let at = early.windows(3).position(|w| w == b"BAD").unwrap();
+    f.write_all(&early[..at]).unwrap();
+    f.write_all(b"\xff\xfe\xfd").unwrap();
+    f.write_all(&early[at + 3..]).unwrap();
+    f.write_all(b"\n").unwrap();
     writeln!(
         f,
         "{}",
@@ -345,11 +355,27 @@ fn bad_input_is_skipped_counted_and_never_fatal() {
         )
     )
     .unwrap();
-    f.write_all(
-        b"{\"timestamp\":\"2025-10-05T09:02:00.000Z\",\"type\":\"event_msg\",\"payload\":{\n",
-    )
-    .unwrap();
-    f.write_all(b"{\"timestamp\":\"2025-10-05T09:02:30.000Z\",\"type\":\"event_msg\",\"payload\":{\"type\":\"agent_message\",\"message\":\"\xc3\x28\"}}\n").unwrap();
+    // A token_count line cut off mid-object, and a re-emitted token_count (same totals, so it
+    // counts zero whether or not it is skipped) with invalid UTF-8 in its rate limits.
+    let cut = codex_count(
+        "2025-10-05T09:02:00.000Z",
+        [1000, 400, 100, 10],
+        [1000, 400, 100, 10],
+    );
+    f.write_all(&cut.as_bytes()[..cut.len() / 2]).unwrap();
+    f.write_all(b"\n").unwrap();
+    let again = codex_count(
+        "2025-10-05T09:02:30.000Z",
+        [1000, 400, 100, 10],
+        [1000, 400, 100, 10],
+    );
+    let again = again.replacen("}}}", "},\"rate_limits\":{\"plan_type\":\"BAD\"}}}", 1);
+    let again = again.as_bytes();
+    let at = again.windows(3).position(|w| w == b"BAD").unwrap();
+    f.write_all(&again[..at]).unwrap();
+    f.write_all(b"\xc3\x28").unwrap();
+    f.write_all(&again[at + 3..]).unwrap();
+    f.write_all(b"\n").unwrap();
     writeln!(
         f,
         "{}",
@@ -388,18 +414,24 @@ fn bad_input_is_skipped_counted_and_never_fatal() {
 
     let (v, _, stderr) = report(home, &dir.path().join("ledger"));
     assert_matches(&actual_daily(&v), &expected_daily(&truth), "bad input");
-    // The report says it skipped lines: at least the 2 invalid JSON and 2 invalid UTF-8 ones.
+    // The report says how many lines it skipped and why: at least the 2 invalid JSON and the 2
+    // invalid UTF-8 lines (torn last lines and unreadable files may be counted too).
     let skipped: u64 = stderr
-        .lines()
-        .filter(|l| l.to_ascii_lowercase().contains("skip"))
-        .flat_map(|l| {
-            l.split(|c: char| !c.is_ascii_digit())
-                .filter_map(|n| n.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum();
+        .split("skipped ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(
         skipped >= 4,
         "stderr should say how many lines were skipped (at least 4):\n{stderr}"
+    );
+    assert!(
+        stderr.contains("invalid JSON"),
+        "stderr should name invalid JSON:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("invalid UTF-8"),
+        "stderr should name invalid UTF-8:\n{stderr}"
     );
 }

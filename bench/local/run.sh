@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Local benchmark: tokenledger (cold and warm) versus ccusage 20.0.24 on one generated corpus of
+# Codex CLI and Claude Code logs (>= 1 GiB in >= 40,000 files by default), in one run.
+#
+#   bench/local/run.sh                 # 1 GiB, 42,000 files
+#   BENCH_BYTES=200MiB BENCH_FILES=8000 bench/local/run.sh   # a quicker look
+#
+# Measures wall time and peak RSS with /usr/bin/time -v, and the log bytes the warm run reads
+# with strace (read/pread on files under the corpus). Prints ratios against the goals:
+# cold >= 3x faster than ccusage, warm >= 50x faster reading no log bytes, peak memory <= 1/4.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BYTES="${BENCH_BYTES:-1GiB}"
+FILES="${BENCH_FILES:-42000}"
+SEED="${BENCH_SEED:-1}"
+CACHE="${BENCH_DIR:-$HOME/.cache/tokenledger-bench}"
+CORPUS="$CACHE/corpus-$SEED-$BYTES-$FILES"
+HOME_DIR="$CORPUS/home"
+OUT="$ROOT/bench/out"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenledger-target}"
+mkdir -p "$OUT" "$CACHE"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if [ ! -x /usr/bin/time ]; then
+  echo "installing GNU time" >&2
+  (apt-get install -y time || (apt-get update && apt-get install -y time)) >/dev/null
+fi
+need strace || { (apt-get install -y strace || (apt-get update && apt-get install -y strace)) >/dev/null; }
+
+echo "== building (release)" >&2
+(cd "$ROOT" && cargo build --release -q -p tokenledger -p tokenledger-testkit)
+TL="$CARGO_TARGET_DIR/release/tokenledger"
+GEN="$CARGO_TARGET_DIR/release/tokenledger-corpus"
+
+CCJS="${TOKENLEDGER_CCUSAGE:-$HOME/.cache/tokenledger-ccusage/node_modules/ccusage/src/cli.js}"
+if [ ! -f "$CCJS" ]; then
+  echo "== installing ccusage" >&2
+  "$ROOT/scripts/install-ccusage.sh" >&2
+fi
+case "$CCJS" in *.js) CC=(node "$CCJS") ;; *) CC=("$CCJS") ;; esac
+
+if [ ! -f "$CORPUS/.complete" ]; then
+  echo "== generating corpus in $CORPUS ($BYTES, >= $FILES files)" >&2
+  rm -rf "$CORPUS"
+  mkdir -p "$CORPUS"
+  "$GEN" --out "$HOME_DIR" --seed "$SEED" --files "$FILES" --bytes "$BYTES" --truth "$CORPUS/truth.json"
+  touch "$CORPUS/.complete"
+fi
+NFILES=$(find "$HOME_DIR" -type f | wc -l)
+NBYTES=$(du -sb "$HOME_DIR" | cut -f1)
+
+# Clean environment: the corpus is the only HOME, no agent overrides.
+run_env=(env -u CODEX_HOME -u CLAUDE_CONFIG_DIR -u XDG_CONFIG_HOME -u XDG_DATA_HOME HOME="$HOME_DIR" NO_COLOR=1 TZ=UTC)
+
+# measure NAME CMD... -> appends "NAME wall_seconds max_rss_kb" to $OUT/measure.txt
+measure() {
+  local name="$1"; shift
+  local log="$OUT/time-$name.txt"
+  /usr/bin/time -v -o "$log" "$@" >"$OUT/stdout-$name.txt" 2>"$OUT/stderr-$name.txt" || {
+    echo "$name failed; see $OUT/stderr-$name.txt" >&2; cat "$OUT/stderr-$name.txt" >&2; exit 1; }
+  local wall rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+  echo "$name $wall $rss" >> "$OUT/measure.txt"
+  printf '%-22s %8.2f s %10.1f MiB\n' "$name" "$wall" "$(echo "$rss/1024" | bc -l)" >&2
+}
+
+rm -f "$OUT/measure.txt"
+LEDGER="$(mktemp -d "$CACHE/ledger.XXXXXX")"
+echo "== corpus: $NFILES files, $NBYTES bytes; machine: $(nproc) cores" >&2
+# Warm the page cache once so that every contender reads from memory.
+find "$HOME_DIR" -type f -exec cat {} + >/dev/null
+
+measure ccusage-claude "${run_env[@]}" "${CC[@]}" claude daily --offline
+measure ccusage-codex "${run_env[@]}" "${CC[@]}" codex daily --offline
+measure tokenledger-cold "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
+measure tokenledger-warm "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
+
+# Log bytes read by a warm run: read/pread calls on files under the corpus.
+strace -f -y -qq -e trace=read,pread64,readv,preadv,openat -o "$OUT/strace-warm.txt" \
+  "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily >/dev/null 2>&1
+WARM_READ=$(awk -v home="$HOME_DIR" 'index($0, home) && /(^|[ ])(read|pread64|readv|preadv)\(/ { n=$NF; if (n ~ /^[0-9]+$/) s+=n } END { print s+0 }' "$OUT/strace-warm.txt")
+WARM_OPEN=$(awk -v home="$HOME_DIR" 'index($0, home) && /openat\(/ && !/= -1/ && /O_RDONLY/ && !/O_DIRECTORY/' "$OUT/strace-warm.txt" | wc -l)
+
+# Exactness: tokenledger's totals against the ground truth.
+"${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily --json --breakdown --timezone UTC > "$OUT/tokenledger.json"
+EXACT=$(python3 - "$OUT/tokenledger.json" "$CORPUS/truth.json" <<'PY'
+import json, sys
+a = json.load(open(sys.argv[1]))["totals"]; t = json.load(open(sys.argv[2]))["totals"]
+f = ["input_tokens","cached_input_tokens","cache_creation_input_tokens","output_tokens","reasoning_output_tokens","total_tokens"]
+print("yes" if all(a[k] == t[k] for k in f) else "NO: " + str({k: (a[k], t[k]) for k in f if a[k] != t[k]}))
+PY
+)
+rm -rf "$LEDGER"
+
+python3 - "$OUT/measure.txt" "$NFILES" "$NBYTES" "$WARM_READ" "$WARM_OPEN" "$EXACT" <<'PY' | tee "$OUT/summary.txt"
+import sys
+m = {}
+for line in open(sys.argv[1]):
+    n, w, r = line.split(); m[n] = (float(w), int(r))
+files, size, warm_read, warm_open, exact = sys.argv[2:7]
+cc_wall = m["ccusage-claude"][0] + m["ccusage-codex"][0]
+cc_rss = max(m["ccusage-claude"][1], m["ccusage-codex"][1])
+cold, warm = m["tokenledger-cold"], m["tokenledger-warm"]
+tl_rss = max(cold[1], warm[1])
+mib = lambda kb: kb / 1024
+print(f"corpus: {int(files):,} files, {int(size)/2**30:.2f} GiB")
+print(f"{'':24}{'wall':>9}{'peak RSS':>13}")
+print(f"{'ccusage claude+codex':24}{cc_wall:8.2f}s{mib(cc_rss):10.1f} MiB")
+print(f"{'tokenledger cold':24}{cold[0]:8.2f}s{mib(cold[1]):10.1f} MiB")
+print(f"{'tokenledger warm':24}{warm[0]:8.2f}s{mib(warm[1]):10.1f} MiB")
+g = lambda ok: "ok" if ok else "MISSED"
+cs, ws, mr = cc_wall / max(cold[0], 1e-3), cc_wall / max(warm[0], 1e-3), tl_rss / cc_rss
+print(f"cold speedup vs ccusage: {cs:.1f}x (goal >= 3x: {g(cs >= 3)})")
+print(f"warm speedup vs ccusage: {ws:.1f}x (goal >= 50x: {g(ws >= 50)})")
+print(f"warm run log bytes read: {int(warm_read):,} in {warm_open} opened log files (goal 0: {g(int(warm_read) == 0)})")
+print(f"peak memory vs ccusage:  {mr:.3f} (goal <= 0.25: {g(mr <= 0.25)})")
+print(f"tokenledger totals equal the ground truth: {exact}")
+PY
