@@ -45,7 +45,12 @@ pub struct LogoutArgs {
     #[arg(long)]
     pub local_only: bool,
     /// Your user token, when the server only lets users revoke their devices.
-    #[arg(long, env = "TOKENLEDGER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "TOKENLEDGER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
 }
 
@@ -357,7 +362,8 @@ pub fn sync(a: SyncArgs) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err((r, e)) => {
+        Err(failure) => {
+            let (r, e) = *failure;
             let msg = e.to_string();
             ledger.set_meta(state::LAST_ERROR, &msg)?;
             ledger.set_meta(state::LAST_ERROR_AT, &now)?;

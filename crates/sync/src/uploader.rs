@@ -88,13 +88,13 @@ pub fn drain(
     client: &Client,
     device_token: &str,
     opts: &DrainOptions<'_>,
-) -> Result<DrainReport, (DrainReport, DrainError)> {
+) -> Result<DrainReport, Box<(DrainReport, DrainError)>> {
     let mut report = DrainReport::default();
     let mut rng = rand::rng();
     let mut batch_size = opts.batch_size.clamp(1, MAX_BATCH);
     let fail = |report: &mut DrainReport, outbox: &Outbox<'_>, e: DrainError| {
         report.remaining = outbox.len().unwrap_or(report.remaining);
-        Err((*report, e))
+        Err(Box::new((*report, e)))
     };
     loop {
         let batch = match outbox.pending(batch_size) {

@@ -165,7 +165,7 @@ fn outage_keeps_the_outbox_then_converges() {
     };
     let mut ob = Outbox::open(&mut l).unwrap();
     let client = Client::new(&format!("http://{dead}")).unwrap();
-    let (r, e) = drain(&mut ob, &client, "t", &opts).unwrap_err();
+    let (r, e) = *drain(&mut ob, &client, "t", &opts).unwrap_err();
     assert!(
         matches!(e, DrainError::Api(ApiError::Unreachable { .. })),
         "{e}"
@@ -205,7 +205,7 @@ fn revoked_token_stops_at_once_with_a_clear_message() {
         on_retry: &|_, _| {},
     };
     let mut ob = Outbox::open(&mut l).unwrap();
-    let (r, e) = drain(&mut ob, &Client::new(&url).unwrap(), "t", &opts).unwrap_err();
+    let (r, e) = *drain(&mut ob, &Client::new(&url).unwrap(), "t", &opts).unwrap_err();
     assert_eq!(r.remaining, 2);
     let msg = e.to_string();
     assert!(msg.contains("unknown or revoked device token"), "{msg}");
@@ -230,7 +230,7 @@ fn garbage_answers_are_errors_and_nothing_is_acknowledged() {
         on_retry: &|_, _| {},
     };
     let mut ob = Outbox::open(&mut l).unwrap();
-    let (r, e) = drain(&mut ob, &Client::new(&url).unwrap(), "t", &opts).unwrap_err();
+    let (r, e) = *drain(&mut ob, &Client::new(&url).unwrap(), "t", &opts).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("not a tokenledger answer") && msg.contains("{\\\"inserted\\\":"),
@@ -245,7 +245,7 @@ fn garbage_answers_are_errors_and_nothing_is_acknowledged() {
         r#"{"error":{"code":"invalid_bucket","message":"bucket 0: hour_start is not on a half hour"}}"#,
         vec![],
     )]);
-    let (r, e) = drain(&mut ob, &Client::new(&url).unwrap(), "t", &opts).unwrap_err();
+    let (r, e) = *drain(&mut ob, &Client::new(&url).unwrap(), "t", &opts).unwrap_err();
     assert_eq!(
         e.to_string(),
         "the server answered 400 invalid_bucket: bucket 0: hour_start is not on a half hour"
