@@ -36,6 +36,10 @@ fn ccusage() -> Option<Vec<String>> {
         return None;
     }
     let p = path.to_string_lossy().to_string();
+    if p.ends_with(".js") && Command::new("node").arg("--version").output().is_err() {
+        eprintln!("skipping: ccusage found at {p} but `node` is not on PATH");
+        return None;
+    }
     Some(if p.ends_with(".js") {
         vec!["node".into(), p]
     } else {
