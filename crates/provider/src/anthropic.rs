@@ -135,7 +135,9 @@ pub fn parse_page(body: &str) -> Result<UsagePage> {
             c.set("input_cache_write_tokens", cache_write);
             c.set(
                 "input_tokens",
-                uncached.saturating_add(cache_read).saturating_add(cache_write),
+                uncached
+                    .saturating_add(cache_read)
+                    .saturating_add(cache_write),
             );
             c.set("output_tokens", counter(r, "output_tokens", &at)?);
             records.push(UsageRecord {

@@ -80,11 +80,8 @@ impl KeyCipher {
     /// with mode 0600 when missing). A malformed variable is an error, not a fallback.
     pub fn load(data_dir: &Path) -> Result<Self> {
         match std::env::var(MASTER_KEY_ENV) {
-            Ok(v) if !v.trim().is_empty() => {
-                Self::from_hex(&v).map_err(|_| {
-                    Error::Config(format!("{MASTER_KEY_ENV} must be 64 hex characters"))
-                })
-            }
+            Ok(v) if !v.trim().is_empty() => Self::from_hex(&v)
+                .map_err(|_| Error::Config(format!("{MASTER_KEY_ENV} must be 64 hex characters"))),
             _ => Self::from_file(&data_dir.join(MASTER_KEY_FILE)),
         }
     }
@@ -110,7 +107,10 @@ impl KeyCipher {
                     ))),
                 }
             }
-            Err(e) => Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -152,9 +152,7 @@ impl KeyCipher {
                     aad: aad.as_bytes(),
                 },
             )
-            .map_err(|_| {
-                Error::Crypto("stored key does not decrypt (wrong master key?)".into())
-            })?;
+            .map_err(|_| Error::Crypto("stored key does not decrypt (wrong master key?)".into()))?;
         String::from_utf8(pt)
             .map(SecretString)
             .map_err(|_| Error::Crypto("stored key is not text".into()))
@@ -199,11 +197,17 @@ pub fn mask(key: &str) -> String {
     if chars.len() < 16 {
         return "…".into();
     }
-    let prefix = ["sk-admin-", "sk-ant-admin01-", "sk-ant-admin-", "sk-proj-", "sk-"]
-        .iter()
-        .find(|p| key.starts_with(**p))
-        .copied()
-        .unwrap_or("");
+    let prefix = [
+        "sk-admin-",
+        "sk-ant-admin01-",
+        "sk-ant-admin-",
+        "sk-proj-",
+        "sk-",
+    ]
+    .iter()
+    .find(|p| key.starts_with(**p))
+    .copied()
+    .unwrap_or("");
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{prefix}…{tail}")
 }

@@ -163,7 +163,11 @@ async fn user(state: &ProviderHttpState, headers: &HeaderMap) -> Result<UserId, 
         )
     })?;
     state.auth.user_from_token(token).await.ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown user token")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown user token",
+        )
     })
 }
 
@@ -208,7 +212,11 @@ async fn cron_daily_usage(
             )
         }
         Some(given) if !secret_matches(given, secret) => {
-            return reject(StatusCode::UNAUTHORIZED, "unauthorized", "wrong cron secret")
+            return reject(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "wrong cron secret",
+            )
         }
         Some(_) => {}
     }
@@ -284,7 +292,11 @@ async fn provider_usage(
 ) -> Result<Response, ApiError> {
     let user_id = user(&state, &headers).await?;
     let today = (state.today)();
-    let to = p.to.as_deref().map(|s| parse_day(s, "to")).transpose()?.unwrap_or(today);
+    let to =
+        p.to.as_deref()
+            .map(|s| parse_day(s, "to"))
+            .transpose()?
+            .unwrap_or(today);
     let from = p
         .from
         .as_deref()
@@ -373,14 +385,8 @@ async fn provider_usage(
             rec.extend(c.0.iter().map(u64::to_string));
             w.write_record(&rec).map_err(write_err)?;
         }
-        let body = w
-            .into_inner()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let mut resp = (
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            body,
-        )
-            .into_response();
+        let body = w.into_inner().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut resp = ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response();
         let h = resp.headers_mut();
         h.insert("x-total-rows", HeaderValue::from(total_rows));
         if let Some(n) = next_offset {
@@ -446,7 +452,9 @@ pub async fn add_provider_key(
         .ok_or_else(|| Error::Invalid(format!("unknown provider {provider:?}")))?;
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
-        return Err(Error::Invalid("the key needs a name (1 to 200 characters)".into()));
+        return Err(Error::Invalid(
+            "the key needs a name (1 to 200 characters)".into(),
+        ));
     }
     let key = admin_key.expose().trim();
     if key.is_empty() || key.chars().any(char::is_whitespace) || key.len() > 1000 {
@@ -457,7 +465,9 @@ pub async fn add_provider_key(
         .filter(|s| !s.is_empty())
         .unwrap_or(kind.default_base_url());
     if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-        return Err(Error::Invalid("the base URL must start with http(s)://".into()));
+        return Err(Error::Invalid(
+            "the base URL must start with http(s)://".into(),
+        ));
     }
     let secret = SecretString::new(key);
     let sealed = ingestor.cipher.seal(user_id, &secret)?;
@@ -516,7 +526,11 @@ async fn remove_key(
     if state.ingestor.store.remove_key(user_id, id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such provider key"))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such provider key",
+        ))
     }
 }
 
@@ -527,10 +541,19 @@ async fn set_enabled(
     enabled: bool,
 ) -> Result<Response, ApiError> {
     let user_id = user(&state, &headers).await?;
-    if state.ingestor.store.set_key_enabled(user_id, id, enabled).await? {
+    if state
+        .ingestor
+        .store
+        .set_key_enabled(user_id, id, enabled)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such provider key"))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such provider key",
+        ))
     }
 }
 

@@ -253,7 +253,18 @@ impl Ingestor {
         .max(oldest);
         let chunk = self.config.pull_chunk_days;
         if let Err(e) = self
-            .run_range(key, &name, start, today, chunk, today, None, Mode::Pull, sink, tel)
+            .run_range(
+                key,
+                &name,
+                start,
+                today,
+                chunk,
+                today,
+                None,
+                Mode::Pull,
+                sink,
+                tel,
+            )
             .await
         {
             tracing::warn!(key = key.id, code = e.code(), "pull stopped: {e}");
@@ -450,7 +461,10 @@ impl Ingestor {
                             .filter(|w| w.start >= s && w.start < e)
                             .collect();
                         let now = jiff::Timestamp::now().as_second();
-                        match store.replace_windows(key.user_id, key.id, &windows, now).await {
+                        match store
+                            .replace_windows(key.user_id, key.id, &windows, now)
+                            .await
+                        {
                             Ok(counts) => Ok((windows, counts, p.next_page)),
                             Err(err) => Err(err),
                         }
@@ -493,8 +507,7 @@ impl Ingestor {
                         cursor.error_count += 1;
                         cursor.last_error = Some(format!("{}: {err}", err.code()));
                         let now = jiff::Timestamp::now().as_second();
-                        if let Err(e2) = store.put_cursor(key.user_id, key.id, &cursor, now).await
-                        {
+                        if let Err(e2) = store.put_cursor(key.user_id, key.id, &cursor, now).await {
                             tracing::warn!(key = key.id, "cannot record the failure: {e2}");
                         }
                         let done = cursor

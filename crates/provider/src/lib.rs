@@ -100,3 +100,34 @@ pub trait UsageProvider: Send + Sync {
         page: Option<&str>,
     ) -> Result<UsagePage>;
 }
+
+/// Opens the provider tables of the server's database, found as `serve` finds it: a
+/// `postgres://` URL, else a SQLite path (`sqlite://` prefix optional), else
+/// `<data_dir>/server.db`.
+pub async fn open_store(
+    database_url: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn ProviderStore>> {
+    match database_url.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(
+            std::sync::Arc::new(postgres::PgProviderStore::connect(u).await?),
+        ),
+        Some(u) => {
+            let path = u.strip_prefix("sqlite://").unwrap_or(u).to_owned();
+            let store = tokio::task::spawn_blocking(move || {
+                sqlite::SqliteProviderStore::open(path.as_ref())
+            })
+            .await
+            .map_err(Error::store)??;
+            Ok(std::sync::Arc::new(store))
+        }
+        None => {
+            let path = data_dir.join("server.db");
+            let store =
+                tokio::task::spawn_blocking(move || sqlite::SqliteProviderStore::open(&path))
+                    .await
+                    .map_err(Error::store)??;
+            Ok(std::sync::Arc::new(store))
+        }
+    }
+}

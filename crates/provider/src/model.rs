@@ -135,11 +135,8 @@ pub fn day_of(ts: i64) -> Date {
 
 /// `day` plus `n` days (saturating at the calendar's ends).
 pub fn add_days(day: Date, n: i64) -> Date {
-    day.checked_add(jiff::Span::new().days(n)).unwrap_or(if n < 0 {
-        Date::MIN
-    } else {
-        Date::MAX
-    })
+    day.checked_add(jiff::Span::new().days(n))
+        .unwrap_or(if n < 0 { Date::MIN } else { Date::MAX })
 }
 
 /// Whole days from `a` to `b` (negative when `b` is earlier).

@@ -204,7 +204,9 @@ pub(crate) fn dim(o: &Map<String, Value>, name: &str, at: &str) -> Result<Option
     match o.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(Error::Malformed(format!("{at}.{name} is not a string: {v}"))),
+        Some(v) => Err(Error::Malformed(format!(
+            "{at}.{name} is not a string: {v}"
+        ))),
     }
 }
 
@@ -217,7 +219,10 @@ mod tests {
     #[test]
     fn parses_the_documented_example() {
         let p = parse_page(DOC_EXAMPLE).unwrap();
-        assert_eq!(p.next_page.as_deref(), Some("page_AAAAAGdGxdEiJdKOAAAAAGcqsYA="));
+        assert_eq!(
+            p.next_page.as_deref(),
+            Some("page_AAAAAGdGxdEiJdKOAAAAAGcqsYA=")
+        );
         assert_eq!(p.windows.len(), 1);
         let w = &p.windows[0];
         assert_eq!((w.start, w.end), (1_730_419_200, 1_730_505_600));
@@ -234,7 +239,10 @@ mod tests {
         for (body, needle) in [
             ("<html>", "not JSON"),
             (r#"{"data":[],"next_page":null}"#, "has_more"),
-            (r#"{"data":[{"start_time":1,"end_time":2}],"has_more":false}"#, "results"),
+            (
+                r#"{"data":[{"start_time":1,"end_time":2}],"has_more":false}"#,
+                "results",
+            ),
             (
                 r#"{"data":[{"start_time":1,"end_time":2,"results":[{"input_tokens":-1,"output_tokens":0,"num_model_requests":0}]}],"has_more":false}"#,
                 "input_tokens",
@@ -246,7 +254,10 @@ mod tests {
         ] {
             let e = parse_page(body).unwrap_err();
             assert_eq!(e.code(), "malformed_response");
-            assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+            assert!(
+                e.to_string().contains(needle),
+                "{e} should mention {needle}"
+            );
         }
     }
 }

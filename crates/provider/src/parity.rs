@@ -132,11 +132,19 @@ impl ParityReport {
                 d(&k.model)
             )
         };
-        let _ = writeln!(s, "missing in store (in CSV, not stored): {}", self.missing_in_store.len());
+        let _ = writeln!(
+            s,
+            "missing in store (in CSV, not stored): {}",
+            self.missing_in_store.len()
+        );
         for k in &self.missing_in_store {
             let _ = writeln!(s, "  {}", fmt_key(k));
         }
-        let _ = writeln!(s, "missing in CSV (stored, not in CSV): {}", self.missing_in_csv.len());
+        let _ = writeln!(
+            s,
+            "missing in CSV (stored, not in CSV): {}",
+            self.missing_in_csv.len()
+        );
         for k in &self.missing_in_csv {
             let _ = writeln!(s, "  {}", fmt_key(k));
         }
@@ -153,7 +161,11 @@ impl ParityReport {
             );
         }
         if !self.day_variances.is_empty() {
-            let _ = writeln!(s, "per-day totals that differ: {}", self.day_variances.len());
+            let _ = writeln!(
+                s,
+                "per-day totals that differ: {}",
+                self.day_variances.len()
+            );
             for v in &self.day_variances {
                 let _ = writeln!(
                     s,
@@ -170,6 +182,9 @@ impl ParityReport {
     }
 }
 
+/// Day, project, key and model of an export row.
+pub type CsvGroup = (Date, Option<String>, Option<String>, Option<String>);
+
 /// The rows of one or more exports, summed per day and dimensions.
 #[derive(Debug, Default)]
 pub struct CsvUsage {
@@ -182,7 +197,7 @@ pub struct CsvUsage {
     pub has_key: bool,
     pub has_model: bool,
     /// Per (day, project, key, model) as read.
-    pub groups: BTreeMap<(Date, Option<String>, Option<String>, Option<String>), Counters>,
+    pub groups: BTreeMap<CsvGroup, Counters>,
     /// Date range named by the file names (`..._<from>_<to>.csv`, `to` exclusive).
     pub named_range: Option<(Date, Date)>,
 }
@@ -247,7 +262,11 @@ pub fn read_csv_files(paths: &[PathBuf]) -> Result<CsvUsage> {
             .headers()
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?
             .clone();
-        let col = |name: &str| headers.iter().position(|h| h.trim_start_matches('\u{feff}') == name);
+        let col = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h.trim_start_matches('\u{feff}') == name)
+        };
         let (start, start_iso) = (col("start_time"), col("start_time_iso"));
         if start.is_none() && start_iso.is_none() {
             return Err(Error::Invalid(format!(
@@ -255,15 +274,21 @@ pub fn read_csv_files(paths: &[PathBuf]) -> Result<CsvUsage> {
                 path.display()
             )));
         }
-        let (project, key, model, user) =
-            (col("project_id"), col("api_key_id"), col("model"), col("user_id"));
+        let (project, key, model, user) = (
+            col("project_id"),
+            col("api_key_id"),
+            col("model"),
+            col("user_id"),
+        );
         let counter_cols: Vec<(usize, usize)> = COUNTER_NAMES
             .iter()
             .enumerate()
             .filter_map(|(i, n)| col(n).map(|c| (i, c)))
             .collect();
-        let here: BTreeSet<&'static str> =
-            counter_cols.iter().map(|(i, _)| COUNTER_NAMES[*i]).collect();
+        let here: BTreeSet<&'static str> = counter_cols
+            .iter()
+            .map(|(i, _)| COUNTER_NAMES[*i])
+            .collect();
         metrics = Some(match metrics {
             None => here,
             Some(m) => m.intersection(&here).copied().collect(),
@@ -347,10 +372,7 @@ pub fn compare(csv: &CsvUsage, stored: &[StoredRow], opts: &ParityOptions) -> Pa
     let model = |v: &Option<String>| if csv.has_model { v.clone() } else { None };
     // The CSV side only fills the counters it has; a header-only export has none.
     let relevant = |c: &Counters, k: &WindowKey| {
-        !c.is_zero()
-            || k.project_id.is_some()
-            || k.api_key_id.is_some()
-            || k.model.is_some()
+        !c.is_zero() || k.project_id.is_some() || k.api_key_id.is_some() || k.model.is_some()
     };
 
     let mut left: BTreeMap<WindowKey, Counters> = BTreeMap::new();
@@ -475,7 +497,9 @@ pub async fn run(
     opts: &ParityOptions,
 ) -> Result<ParityReport> {
     if !(opts.threshold.is_finite() && opts.threshold >= 0.0) {
-        return Err(Error::Invalid("--threshold must be a non-negative number".into()));
+        return Err(Error::Invalid(
+            "--threshold must be a non-negative number".into(),
+        ));
     }
     if let (Some(f), Some(t)) = (opts.from, opts.to) {
         if f > t {

@@ -139,7 +139,9 @@ impl ProviderStore for PgProviderStore {
         match ids.as_slice() {
             [] => Ok(None),
             [id] => Ok(Some(*id)),
-            _ => Err(Error::Invalid(format!("more than one user is named {name:?}"))),
+            _ => Err(Error::Invalid(format!(
+                "more than one user is named {name:?}"
+            ))),
         }
     }
 

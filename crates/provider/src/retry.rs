@@ -37,10 +37,7 @@ impl RecordingSleeper {
 
 impl Sleeper for RecordingSleeper {
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
-        self.slept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(d);
+        self.slept.lock().unwrap_or_else(|p| p.into_inner()).push(d);
         Box::pin(async {})
     }
 }
@@ -150,7 +147,11 @@ impl HttpGate {
                         let after = retry_after(resp.headers())
                             .map(|d| d.min(self.retry.max_retry_after))
                             .unwrap_or(self.retry.default_retry_after);
-                        tracing::warn!(attempt, wait_s = after.as_secs_f64(), "provider rate limit (429)");
+                        tracing::warn!(
+                            attempt,
+                            wait_s = after.as_secs_f64(),
+                            "provider rate limit (429)"
+                        );
                         last_err = Error::RateLimited { attempts: attempt };
                         after
                     } else if status.is_server_error() {

@@ -172,7 +172,9 @@ impl ProviderStore for SqliteProviderStore {
             match ids.as_slice() {
                 [] => Ok(None),
                 [id] => Ok(Some(*id)),
-                _ => Err(Error::Invalid(format!("more than one user is named {name:?}"))),
+                _ => Err(Error::Invalid(format!(
+                    "more than one user is named {name:?}"
+                ))),
             }
         })
         .await
@@ -400,8 +402,9 @@ impl ProviderStore for SqliteProviderStore {
                 "SELECT dims_hash, {cols} FROM provider_usage_windows WHERE user_id = ?1 AND \
                  provider_key_id = ?2 AND window_start = ?3 AND window_end = ?4"
             );
-            let placeholders: Vec<String> =
-                (0..COUNTER_NAMES.len()).map(|i| format!("?{}", i + 13)).collect();
+            let placeholders: Vec<String> = (0..COUNTER_NAMES.len())
+                .map(|i| format!("?{}", i + 13))
+                .collect();
             let insert = format!(
                 "INSERT INTO provider_usage_windows (user_id, provider_key_id, window_start, \
                  window_end, dims_hash, project_id, provider_user_id, api_key_id, model, batch, \

@@ -133,9 +133,11 @@ impl UsageQuery {
     /// Whether a row passes the dimension filters (the backends filter the time range).
     pub fn matches(&self, row: &StoredRow) -> bool {
         fn ok(want: &Option<String>, have: &Option<String>) -> bool {
-            want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
+            want.as_ref()
+                .is_none_or(|w| have.as_deref() == Some(w.as_str()))
         }
-        self.provider_key_id.is_none_or(|k| k == row.provider_key_id)
+        self.provider_key_id
+            .is_none_or(|k| k == row.provider_key_id)
             && ok(&self.project_id, &row.dims.project_id)
             && ok(&self.api_key_id, &row.dims.api_key_id)
             && ok(&self.model, &row.dims.model)
@@ -156,19 +158,40 @@ pub trait ProviderStore: Send + Sync + 'static {
     /// The id of the user whose token hashes to this (the server's `users.token_hash`).
     async fn user_id_by_token_hash(&self, token_hash: &str) -> Result<Option<UserId>>;
 
-    async fn add_key(&self, user_id: UserId, key: NewProviderKey, now: i64) -> Result<ProviderKeyInfo>;
+    async fn add_key(
+        &self,
+        user_id: UserId,
+        key: NewProviderKey,
+        now: i64,
+    ) -> Result<ProviderKeyInfo>;
     async fn list_keys(&self, user_id: UserId) -> Result<Vec<ProviderKeyInfo>>;
     /// Every enabled key of every user, for the cron pull.
     async fn enabled_keys(&self) -> Result<Vec<ProviderKeyInfo>>;
     /// The sealed secret of a key of this user.
     async fn sealed_key(&self, user_id: UserId, id: ProviderKeyId) -> Result<Option<Vec<u8>>>;
     /// `false` when the user has no such key.
-    async fn set_key_enabled(&self, user_id: UserId, id: ProviderKeyId, enabled: bool) -> Result<bool>;
+    async fn set_key_enabled(
+        &self,
+        user_id: UserId,
+        id: ProviderKeyId,
+        enabled: bool,
+    ) -> Result<bool>;
     /// Removes a key with its cursors and stored usage; `false` when the user has no such key.
     async fn remove_key(&self, user_id: UserId, id: ProviderKeyId) -> Result<bool>;
 
-    async fn cursor(&self, user_id: UserId, key: ProviderKeyId, name: &str) -> Result<Option<Cursor>>;
-    async fn put_cursor(&self, user_id: UserId, key: ProviderKeyId, cursor: &Cursor, now: i64) -> Result<()>;
+    async fn cursor(
+        &self,
+        user_id: UserId,
+        key: ProviderKeyId,
+        name: &str,
+    ) -> Result<Option<Cursor>>;
+    async fn put_cursor(
+        &self,
+        user_id: UserId,
+        key: ProviderKeyId,
+        cursor: &Cursor,
+        now: i64,
+    ) -> Result<()>;
 
     /// Stores these windows, each one replacing what was stored for the same window of this
     /// key: results upserted on the natural key (window plus every dimension, nulls included),

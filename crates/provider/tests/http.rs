@@ -41,13 +41,27 @@ fn seed(fake: &Fake) {
         date(2025, 10, 7),
         vec![
             result(Some("proj_a"), Some("key_1"), Some("gpt-4o"), 1000, 200, 5),
-            result(Some("proj_a"), Some("key_2"), Some("gpt-4o-mini"), 400, 40, 2),
+            result(
+                Some("proj_a"),
+                Some("key_2"),
+                Some("gpt-4o-mini"),
+                400,
+                40,
+                2,
+            ),
             result(None, None, None, 10, 1, 1),
         ],
     );
     fake.set_day(
         date(2025, 10, 8),
-        vec![result(Some("proj_b"), Some("key_1"), Some("gpt-4o"), 2000, 300, 9)],
+        vec![result(
+            Some("proj_b"),
+            Some("key_1"),
+            Some("gpt-4o"),
+            2000,
+            300,
+            9,
+        )],
     );
     fake.set_day(
         date(2025, 10, 9),
@@ -135,13 +149,20 @@ async fn usage_api_answers_daily_rows_filters_and_paginated_csv() {
     };
 
     let r = http
-        .get(format!("{base}/api/v1/provider-usage?from=2025-10-07&to=2025-10-09"))
+        .get(format!(
+            "{base}/api/v1/provider-usage?from=2025-10-07&to=2025-10-09"
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let v: Value = get("from=2025-10-07&to=2025-10-09").await.unwrap().json().await.unwrap();
+    let v: Value = get("from=2025-10-07&to=2025-10-09")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let data = v["data"].as_array().unwrap();
     assert_eq!(data.len(), 3);
     assert_eq!(data[0]["day"], "2025-10-07");
@@ -185,7 +206,9 @@ async fn usage_api_answers_daily_rows_filters_and_paginated_csv() {
         .unwrap();
     assert_eq!(v["summary"]["input_tokens"], "3000");
 
-    let r = get("from=2025-10-07&to=2025-10-09&format=csv&limit=2").await.unwrap();
+    let r = get("from=2025-10-07&to=2025-10-09&format=csv&limit=2")
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-next-offset"], "2");
     assert_eq!(r.headers()["x-total-rows"], "3");
     let text = r.text().await.unwrap();
@@ -193,7 +216,9 @@ async fn usage_api_answers_daily_rows_filters_and_paginated_csv() {
     assert_eq!(lines.len(), 3);
     assert!(lines[0].starts_with("day,input_tokens,input_cached_tokens,"));
     assert!(lines[1].starts_with("2025-10-07,1410,352,"));
-    let r = get("from=2025-10-07&to=2025-10-09&format=csv&limit=2&offset=2").await.unwrap();
+    let r = get("from=2025-10-07&to=2025-10-09&format=csv&limit=2&offset=2")
+        .await
+        .unwrap();
     assert!(r.headers().get("x-next-offset").is_none());
     let text = r.text().await.unwrap();
     assert_eq!(text.lines().count(), 2);
@@ -244,16 +269,34 @@ async fn keys_are_managed_masked_and_never_stored_or_logged_in_plaintext() {
     assert!(tel.errors.is_empty(), "{:?}", tel.errors);
     assert_eq!(tel.inserted, 5);
 
-    let list: Value = http.get(&url).bearer_auth(USER_TOKEN).send().await.unwrap().json().await.unwrap();
+    let list: Value = http
+        .get(&url)
+        .bearer_auth(USER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["masked_key"], "sk-admin-…CRET");
     assert!(!list.to_string().contains(ADMIN_KEY));
 
     // Disabled keys are not pulled.
-    let r = http.post(format!("{url}/{id}/disable")).bearer_auth(USER_TOKEN).send().await.unwrap();
+    let r = http
+        .post(format!("{url}/{id}/disable"))
+        .bearer_auth(USER_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let tel = ing.pull_user(ts.user_id, TODAY, &|_| {}).await.unwrap();
     assert_eq!(tel.keys_processed, 0);
-    let r = http.post(format!("{url}/{id}/enable")).bearer_auth(USER_TOKEN).send().await.unwrap();
+    let r = http
+        .post(format!("{url}/{id}/enable"))
+        .bearer_auth(USER_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let tel = ing.pull_user(ts.user_id, TODAY, &|_| {}).await.unwrap();
     assert_eq!(tel.keys_processed, 1);
@@ -272,9 +315,19 @@ async fn keys_are_managed_masked_and_never_stored_or_logged_in_plaintext() {
     assert!(text.contains("provider key added"), "{text}");
     assert!(!text.contains("TESTKEY0123456789"), "{text}");
 
-    let r = http.delete(format!("{url}/{id}")).bearer_auth(USER_TOKEN).send().await.unwrap();
+    let r = http
+        .delete(format!("{url}/{id}"))
+        .bearer_auth(USER_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = http.delete(format!("{url}/{id}")).bearer_auth(USER_TOKEN).send().await.unwrap();
+    let r = http
+        .delete(format!("{url}/{id}"))
+        .bearer_auth(USER_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(totals(ts.store.as_ref(), ts.user_id).await.1, 0);
 }

@@ -23,13 +23,27 @@ fn seed(fake: &Fake) {
         date(2025, 10, 7),
         vec![
             result(Some("proj_a"), Some("key_1"), Some("gpt-4o"), 1000, 200, 5),
-            result(Some("proj_a"), Some("key_2"), Some("gpt-4o-mini"), 400, 40, 2),
+            result(
+                Some("proj_a"),
+                Some("key_2"),
+                Some("gpt-4o-mini"),
+                400,
+                40,
+                2,
+            ),
             result(None, None, None, 10, 1, 1),
         ],
     );
     fake.set_day(
         date(2025, 10, 8),
-        vec![result(Some("proj_b"), Some("key_1"), Some("gpt-4o"), 2000, 300, 9)],
+        vec![result(
+            Some("proj_b"),
+            Some("key_1"),
+            Some("gpt-4o"),
+            2000,
+            300,
+            9,
+        )],
     );
     fake.set_day(
         date(2025, 10, 9),
@@ -69,7 +83,14 @@ async fn pull_follows_pages_and_stores_every_group_with_nulls() {
             .collect();
         assert_eq!(
             groups,
-            ["project_id", "user_id", "api_key_id", "model", "batch", "service_tier"]
+            [
+                "project_id",
+                "user_id",
+                "api_key_id",
+                "model",
+                "batch",
+                "service_tier"
+            ]
         );
         assert_eq!(Fake::param(&reqs[1], "page").as_deref(), Some("page_2"));
 
@@ -129,7 +150,10 @@ async fn rate_limit_and_server_error_are_retried() {
     assert!(tel.errors.is_empty(), "{:?}", tel.errors);
     assert_eq!(tel.inserted, 6);
     // Retry-After honoured, then the first backoff step.
-    assert_eq!(sleeper.slept(), [Duration::from_secs(7), Duration::from_secs(1)]);
+    assert_eq!(
+        sleeper.slept(),
+        [Duration::from_secs(7), Duration::from_secs(1)]
+    );
     assert_eq!(fake.requests().len(), 2 + 2);
 }
 
@@ -147,7 +171,10 @@ async fn rate_limit_exhausted_is_reported_with_a_code() {
     assert_eq!(tel.errors.len(), 1);
     assert_eq!(tel.errors[0].code, "rate_limited");
     assert_eq!(tel.failed, 35);
-    assert_eq!(sleeper.slept(), [Duration::from_secs(2), Duration::from_secs(2)]);
+    assert_eq!(
+        sleeper.slept(),
+        [Duration::from_secs(2), Duration::from_secs(2)]
+    );
 }
 
 #[tokio::test]
@@ -162,10 +189,17 @@ async fn malformed_body_is_a_clear_error_and_the_cursor_stays() {
 
         fake.script(Scripted::Body(r#"{"object":"page","data":[{"object":"bucket","start_time":1,"end_time":2}],"has_more":false,"next_page":null}"#));
         let next_day = date(2025, 10, 12);
-        let tel = ing.pull_user(ts.user_id, next_day, &no_sink()).await.unwrap();
+        let tel = ing
+            .pull_user(ts.user_id, next_day, &no_sink())
+            .await
+            .unwrap();
         assert_eq!(tel.errors.len(), 1, "{}", ts.name);
         assert_eq!(tel.errors[0].code, "malformed_response");
-        assert!(tel.errors[0].message.contains("no `results` array"), "{}", tel.errors[0].message);
+        assert!(
+            tel.errors[0].message.contains("no `results` array"),
+            "{}",
+            tel.errors[0].message
+        );
         assert_eq!(tel.inserted + tel.updated + tel.windows_processed, 0);
         let cur = ts
             .store
@@ -179,7 +213,10 @@ async fn malformed_body_is_a_clear_error_and_the_cursor_stays() {
         assert_eq!(totals(ts.store.as_ref(), ts.user_id).await, before);
 
         // The next good pull catches up and clears the error count.
-        let tel = ing.pull_user(ts.user_id, next_day, &no_sink()).await.unwrap();
+        let tel = ing
+            .pull_user(ts.user_id, next_day, &no_sink())
+            .await
+            .unwrap();
         assert!(tel.errors.is_empty());
         let cur = ts
             .store
@@ -204,10 +241,22 @@ async fn a_corrected_day_replaces_the_old_numbers() {
         // The provider corrects Oct 9: one group's numbers change, the other disappears.
         fake.set_day(
             date(2025, 10, 9),
-            vec![result(Some("proj_a"), Some("key_1"), Some("gpt-4o"), 150, 25, 2)],
+            vec![result(
+                Some("proj_a"),
+                Some("key_1"),
+                Some("gpt-4o"),
+                150,
+                25,
+                2,
+            )],
         );
         let tel = ing.pull_user(ts.user_id, TODAY, &no_sink()).await.unwrap();
-        assert_eq!((tel.inserted, tel.updated, tel.deleted), (0, 1, 1), "{}", ts.name);
+        assert_eq!(
+            (tel.inserted, tel.updated, tel.deleted),
+            (0, 1, 1),
+            "{}",
+            ts.name
+        );
         let (sum, n) = totals(ts.store.as_ref(), ts.user_id).await;
         assert_eq!(n, 5);
         assert_eq!(sum[0], 1000 + 400 + 10 + 2000 + 150);
@@ -221,7 +270,14 @@ fn many_days(fake: &Fake, from: Date, days: i64) {
         fake.set_day(
             d,
             vec![
-                result(Some("proj_a"), Some("key_1"), Some("gpt-4o"), 100 + i as u64, 10, 1),
+                result(
+                    Some("proj_a"),
+                    Some("key_1"),
+                    Some("gpt-4o"),
+                    100 + i as u64,
+                    10,
+                    1,
+                ),
                 result(Some("proj_b"), None, Some("o3"), 7 * i as u64, 3, 2),
             ],
         );
@@ -243,9 +299,16 @@ async fn backfill_interrupted_then_resumed_matches_a_clean_run() {
     let clean = sqlite_store();
     let fake = Fake::start(3).await;
     many_days(&fake, start, 22);
-    let ing = ingestor(clean.store.clone(), Arc::new(RecordingSleeper::default()), 2);
+    let ing = ingestor(
+        clean.store.clone(),
+        Arc::new(RecordingSleeper::default()),
+        2,
+    );
     add_key(&ing, clean.user_id, &fake.base_url).await;
-    let tel = ing.backfill(clean.user_id, &req, TODAY, &no_sink()).await.unwrap();
+    let tel = ing
+        .backfill(clean.user_id, &req, TODAY, &no_sink())
+        .await
+        .unwrap();
     assert!(tel.errors.is_empty());
     assert_eq!(tel.windows_processed, 22);
     let clean_totals = totals(clean.store.as_ref(), clean.user_id).await;
@@ -274,7 +337,11 @@ async fn backfill_interrupted_then_resumed_matches_a_clean_run() {
         assert_eq!((reports[2].windows_processed, reports[2].failed), (3, 2));
         let cur = ts
             .store
-            .cursor(ts.user_id, key, &format!("usage/completions:key_{key}:backfill_sept"))
+            .cursor(
+                ts.user_id,
+                key,
+                &format!("usage/completions:key_{key}:backfill_sept"),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -285,7 +352,10 @@ async fn backfill_interrupted_then_resumed_matches_a_clean_run() {
         // Restart: it continues from the recorded page, then the remaining chunks.
         *fake.state.fail_after.lock().unwrap() = None;
         let seen = fake.requests().len();
-        let tel = ing.backfill(ts.user_id, &req, TODAY, &no_sink()).await.unwrap();
+        let tel = ing
+            .backfill(ts.user_id, &req, TODAY, &no_sink())
+            .await
+            .unwrap();
         assert!(tel.errors.is_empty(), "{:?}", tel.errors);
         assert_eq!(tel.windows_processed, 9);
         assert_eq!(tel.inserted, 18);
@@ -295,11 +365,19 @@ async fn backfill_interrupted_then_resumed_matches_a_clean_run() {
             Fake::param(resumed, "start_time").unwrap(),
             day_start(date(2025, 9, 20)).to_string()
         );
-        assert_eq!(totals(ts.store.as_ref(), ts.user_id).await, clean_totals, "{}", ts.name);
+        assert_eq!(
+            totals(ts.store.as_ref(), ts.user_id).await,
+            clean_totals,
+            "{}",
+            ts.name
+        );
 
         // Running the finished label again fetches nothing.
         let seen = fake.requests().len();
-        let tel = ing.backfill(ts.user_id, &req, TODAY, &no_sink()).await.unwrap();
+        let tel = ing
+            .backfill(ts.user_id, &req, TODAY, &no_sink())
+            .await
+            .unwrap();
         assert_eq!((tel.windows_processed, tel.failed), (0, 0));
         assert_eq!(fake.requests().len(), seen);
     }
@@ -320,7 +398,10 @@ async fn backfill_before_the_retention_window_says_so_and_pull_prunes() {
         label: "old".into(),
         key: None,
     };
-    let tel = ing.backfill(ts.user_id, &req, TODAY, &no_sink()).await.unwrap();
+    let tel = ing
+        .backfill(ts.user_id, &req, TODAY, &no_sink())
+        .await
+        .unwrap();
     // The window keeps 2025-09-06..=2025-10-10: 10 of the 14 days are outside.
     assert_eq!(tel.days_outside_retention, 10);
     assert_eq!(tel.windows_processed, 4);
