@@ -1,6 +1,7 @@
 //! The `tokenledger` binary: parses flags, runs the command, maps errors to exit codes.
 
 mod output;
+mod provider_cmd;
 mod report_cmd;
 mod server_cmd;
 mod sync_cmd;
@@ -37,6 +38,8 @@ enum Command {
     Status(sync_cmd::StatusArgs),
     /// Install, remove or inspect the agents' hooks that trigger a sync.
     Hooks(sync_cmd::HooksArgs),
+    /// Provider-side usage (OpenAI organization usage API): keys, pulls, backfills, parity.
+    Provider(provider_cmd::ProviderArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Sync(args) => sync_cmd::sync(args),
         Command::Status(args) => sync_cmd::status(args),
         Command::Hooks(args) => sync_cmd::hooks(args),
+        Command::Provider(args) => provider_cmd::run(args),
     };
     match result {
         Ok(code) => code,
