@@ -1,5 +1,6 @@
 //! Bearer-token authentication: user tokens (`tlu_...`) for accounts and reading usage, device
-//! tokens (`tld_...`) for ingest. Only SHA-256 hashes of tokens are stored.
+//! tokens (`tld_...`) for ingest. Only SHA-256 hashes of tokens are stored. A dashboard session
+//! cookie (resolved by [`crate::dashboard::session_layer`]) stands for its user's token.
 
 use crate::{ApiError, AppState};
 use axum::extract::FromRequestParts;
@@ -39,6 +40,9 @@ impl FromRequestParts<AppState> for UserAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(crate::dashboard::SessionUser(user)) = parts.extensions.get() {
+            return Ok(UserAuth(user.clone()));
+        }
         let token = bearer(parts)?;
         match state.store().user_by_token_hash(&hash_token(token)).await? {
             Some(user) => Ok(UserAuth(user)),
@@ -73,6 +77,9 @@ impl FromRequestParts<AppState> for ReaderAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(crate::dashboard::SessionUser(user)) = parts.extensions.get() {
+            return Ok(ReaderAuth(user.id));
+        }
         let token = bearer(parts)?;
         let hash = hash_token(token);
         if !token.starts_with(DEVICE_TOKEN_PREFIX) {

@@ -6,6 +6,7 @@
 //! days, buckets for the edges, time-zone grouping, cost) lives in [`usage`].
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod metrics;
@@ -98,6 +99,11 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config().max_body_bytes;
     http::routes()
+        .merge(dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            dashboard::session_layer,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -12,8 +12,8 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::str::FromStr;
 use tokenledger_core::TokenCounts;
 use tokenledger_store::{
-    day_start_utc, stored_u64, Device, DeviceId, IngestCounts, Migration, NewBucket, Period,
-    Result, Store, StoreError, UsageFilter, UsageRow, User, UserId,
+    day_start_utc, stored_u64, Device, DeviceId, DeviceUsage, IngestCounts, Migration, NewBucket,
+    Period, Result, Store, StoreError, UsageFilter, UsageRow, User, UserId, WebSession,
 };
 
 /// The embedded migrations, in order.
@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "daily_rollup",
         sql: include_str!("../migrations/0004_daily_rollup.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "dashboard_sessions",
+        sql: include_str!("../migrations/0005_dashboard_sessions.sql"),
     },
 ];
 
@@ -511,5 +516,128 @@ impl Store for PgStore {
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+
+    async fn create_login_code(
+        &self,
+        user_id: UserId,
+        code_hash: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM login_codes WHERE expires_at < extract(epoch FROM now())::bigint - 86400",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("INSERT INTO login_codes (code_hash, user_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(code_hash)
+            .bind(user_id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn redeem_login_code(&self, code_hash: &str, now: i64) -> Result<Option<User>> {
+        // One statement: the UPDATE's row lock makes a concurrent second redemption see the
+        // code as used.
+        let row = sqlx::query(&format!(
+            "WITH used AS (
+                 UPDATE login_codes SET used_at = $2
+                 WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
+                 RETURNING user_id)
+             SELECT {USER_COLS} FROM users WHERE id IN (SELECT user_id FROM used)"
+        ))
+        .bind(code_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| user_from_row(&r).map_err(db_err)).transpose()
+    }
+
+    async fn create_web_session(
+        &self,
+        user_id: UserId,
+        token_hash: &str,
+        csrf_token: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM web_sessions WHERE expires_at <= extract(epoch FROM now())::bigint",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO web_sessions (token_hash, user_id, csrf_token, expires_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(csrf_token)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn web_session(&self, token_hash: &str, now: i64) -> Result<Option<WebSession>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, extract(epoch FROM u.created_at)::bigint, s.csrf_token,
+                    s.expires_at
+             FROM web_sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(WebSession {
+            user: user_from_row(&r).map_err(db_err)?,
+            csrf_token: r.try_get(3).map_err(db_err)?,
+            expires_at: r.try_get(4).map_err(db_err)?,
+        }))
+    }
+
+    async fn delete_web_session(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM web_sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn device_usage(
+        &self,
+        user_id: UserId,
+        from_ts: i64,
+        to_ts: i64,
+    ) -> Result<Vec<DeviceUsage>> {
+        let rows = sqlx::query(&format!(
+            "SELECT device_id, '' AS s, '' AS m, {SUM_COLS} FROM usage_buckets
+             WHERE user_id = $1 AND hour_start >= to_timestamp($2) AND hour_start < to_timestamp($3)
+             GROUP BY device_id ORDER BY device_id"
+        ))
+        .bind(user_id)
+        .bind(from_ts)
+        .bind(to_ts)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                usage_row(r).map(|u| DeviceUsage {
+                    device_id: u.period,
+                    tokens: u.tokens,
+                })
+            })
+            .collect()
     }
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokenledger_core::TokenCounts;
 use tokenledger_store::{
-    day_start_utc, now_unix, stored_u64, Device, DeviceId, IngestCounts, Migration, NewBucket,
-    Period, Result, Store, StoreError, UsageFilter, UsageRow, User, UserId,
+    day_start_utc, now_unix, stored_u64, Device, DeviceId, DeviceUsage, IngestCounts, Migration,
+    NewBucket, Period, Result, Store, StoreError, UsageFilter, UsageRow, User, UserId, WebSession,
 };
 
 /// The embedded migrations, in order.
@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "daily_rollup",
         sql: include_str!("../migrations/0004_daily_rollup.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "dashboard_sessions",
+        sql: include_str!("../migrations/0005_dashboard_sessions.sql"),
     },
 ];
 
@@ -540,6 +545,138 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn create_login_code(
+        &self,
+        user_id: UserId,
+        code_hash: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        let hash = code_hash.to_string();
+        self.write(move |c| {
+            let now = now_unix();
+            c.execute(
+                "DELETE FROM login_codes WHERE expires_at < ?1",
+                [now - 86_400],
+            )?;
+            c.execute(
+                "INSERT INTO login_codes (code_hash, user_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![hash, user_id, now, expires_at],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn redeem_login_code(&self, code_hash: &str, now: i64) -> Result<Option<User>> {
+        let hash = code_hash.to_string();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let user_id: Option<i64> = tx
+                .query_row(
+                    "UPDATE login_codes SET used_at = ?2
+                     WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+                     RETURNING user_id",
+                    params![hash, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let user = match user_id {
+                Some(id) => tx
+                    .query_row(
+                        "SELECT id, name, created_at FROM users WHERE id = ?1",
+                        [id],
+                        user_from_row,
+                    )
+                    .optional()?,
+                None => None,
+            };
+            tx.commit()?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn create_web_session(
+        &self,
+        user_id: UserId,
+        token_hash: &str,
+        csrf_token: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        let (hash, csrf) = (token_hash.to_string(), csrf_token.to_string());
+        self.write(move |c| {
+            let now = now_unix();
+            c.execute("DELETE FROM web_sessions WHERE expires_at <= ?1", [now])?;
+            c.execute(
+                "INSERT INTO web_sessions (token_hash, user_id, csrf_token, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, user_id, csrf, now, expires_at],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn web_session(&self, token_hash: &str, now: i64) -> Result<Option<WebSession>> {
+        let hash = token_hash.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT u.id, u.name, u.created_at, s.csrf_token, s.expires_at
+                 FROM web_sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![hash, now], |r| {
+                    Ok(WebSession {
+                        user: user_from_row(r)?,
+                        csrf_token: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_web_session(&self, token_hash: &str) -> Result<()> {
+        let hash = token_hash.to_string();
+        self.write(move |c| {
+            c.execute("DELETE FROM web_sessions WHERE token_hash = ?1", [hash])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn device_usage(
+        &self,
+        user_id: UserId,
+        from_ts: i64,
+        to_ts: i64,
+    ) -> Result<Vec<DeviceUsage>> {
+        self.read(move |c| {
+            let rows = usage_rows(
+                c,
+                &format!(
+                    "SELECT device_id, '', '', {SUM_COLS} FROM usage_buckets
+                     WHERE user_id = ?1 AND hour_start >= ?2 AND hour_start < ?3
+                     GROUP BY device_id ORDER BY device_id"
+                ),
+                &[&user_id, &from_ts, &to_ts],
+            )?;
+            Ok(rows
+                .into_iter()
+                .map(|r| DeviceUsage {
+                    device_id: r.period,
+                    tokens: r.tokens,
+                })
+                .collect())
         })
         .await
     }

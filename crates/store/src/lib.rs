@@ -91,6 +91,29 @@ pub struct UsageRow {
     pub tokens: TokenCounts,
 }
 
+/// A dashboard session (see [`Store::web_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    pub user: User,
+    /// The session's anti-CSRF token, echoed by the dashboard in `X-CSRF-Token`.
+    pub csrf_token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Summed usage of one device over a range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceUsage {
+    pub device_id: DeviceId,
+    pub tokens: TokenCounts,
+}
+
+fn unsupported<T>(what: &str) -> Result<T> {
+    Err(StoreError::Config(format!(
+        "{what} is not supported by this backend"
+    )))
+}
+
 /// Errors of a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -185,6 +208,56 @@ pub trait Store: Send + Sync + 'static {
     /// Recomputes the rollup of the UTC days `from..=to` from the buckets, for every user;
     /// returns the number of rollup rows written.
     async fn rebuild_rollup(&self, from: Date, to: Date) -> Result<u64>;
+
+    // --- Dashboard (login links, sessions, per-device usage). Defaults refuse, so other
+    // implementations keep compiling; both shipped backends implement them.
+
+    /// Stores a one-time login code (its hash) for a user, valid until `expires_at`.
+    async fn create_login_code(
+        &self,
+        _user_id: UserId,
+        _code_hash: &str,
+        _expires_at: i64,
+    ) -> Result<()> {
+        unsupported("login links")
+    }
+
+    /// Marks a login code used and returns its user, if it exists, is unused and has not
+    /// expired at `now`; a second redemption returns `None`.
+    async fn redeem_login_code(&self, _code_hash: &str, _now: i64) -> Result<Option<User>> {
+        unsupported("login links")
+    }
+
+    /// Stores a dashboard session (its token's hash) and drops expired ones.
+    async fn create_web_session(
+        &self,
+        _user_id: UserId,
+        _token_hash: &str,
+        _csrf_token: &str,
+        _expires_at: i64,
+    ) -> Result<()> {
+        unsupported("dashboard sessions")
+    }
+
+    /// The session of this token hash, unless it expired at `now`.
+    async fn web_session(&self, _token_hash: &str, _now: i64) -> Result<Option<WebSession>> {
+        unsupported("dashboard sessions")
+    }
+
+    /// Ends a session (logout); a missing session is not an error.
+    async fn delete_web_session(&self, _token_hash: &str) -> Result<()> {
+        unsupported("dashboard sessions")
+    }
+
+    /// Sums a user's buckets with `from_ts <= hour_start < to_ts` by device.
+    async fn device_usage(
+        &self,
+        _user_id: UserId,
+        _from_ts: i64,
+        _to_ts: i64,
+    ) -> Result<Vec<DeviceUsage>> {
+        unsupported("usage by device")
+    }
 }
 
 /// A fresh bearer token: `prefix` then 32 random bytes in hex.
