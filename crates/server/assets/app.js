@@ -227,13 +227,14 @@ function heatmap(container, body, onOpen) {
   const W = left + weeks * (cell + gap), H = top + 7 * (cell + gap);
   const svg = svgEl("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "group", "aria-label": "Daily usage over the last year; use the daily chart or the day view for details" });
   ["Mon", "", "Wed", "", "Fri", "", ""].forEach((t, i) => t && svg.append(svgEl("text", { x: 0, y: top + i * (cell + gap) + 10 }, t)));
-  let lastMonth = -1;
+  let lastMonth = -1, lastCol = -9;
   days.forEach((d, i) => {
     const idx = i + offset, col = Math.floor(idx / 7), row = idx % 7;
     const date = parseYmd(d.day);
     if (row === 0 || i === 0) {
-      if (date.getMonth() !== lastMonth && col < weeks - 1) {
+      if (date.getMonth() !== lastMonth && col < weeks - 1 && col - lastCol >= 3) {
         lastMonth = date.getMonth();
+        lastCol = col;
         svg.append(svgEl("text", { x: left + col * (cell + gap), y: 10 }, MONTHS[lastMonth]));
       }
     }
@@ -243,6 +244,7 @@ function heatmap(container, body, onOpen) {
     svg.append(r);
   });
   container.append(svg);
+  container.scrollLeft = container.scrollWidth; // the latest weeks first on narrow screens
 }
 
 // ---------- views ----------
@@ -432,9 +434,9 @@ async function loadDevices(s, seq) {
   $("#devices-sub").textContent = `Usage from ${prettyDay(s.from)} to ${prettyDay(s.to)} · ${abbrev(usage.summary.totals.total_tokens)} tokens in all`;
   const tbody = $("#devices-table tbody");
   tbody.textContent = "";
-  const rows = [["device_id", "name", "platform", "last_sync", "revoked", ...TOKEN_FIELDS, "total_cost_usd", "share_percent"]];
+  const rows = [["device_id", "name", "platform", "last_sync", "revoked", ...TOKEN_FIELDS, "share_percent"]];
   for (const d of list.devices) {
-    const u = byId.get(d.device_id) || { total_tokens: "0", total_cost_usd: "0", share_percent: "0" };
+    const u = byId.get(d.device_id) || { total_tokens: "0", share_percent: "0" };
     const share = Number(u.share_percent);
     const action = d.revoked
       ? el("span", { class: "badge off", text: "revoked" })
@@ -446,7 +448,7 @@ async function loadDevices(s, seq) {
       el("td", { class: "num", "data-value": u.total_tokens, title: full(u.total_tokens), text: abbrev(u.total_tokens) }),
       el("td", { class: "share" }, el("div", { class: "meter", "aria-hidden": "true" }, el("span", { style: `width:${share.toFixed(1)}%` })), el("span", { class: "pct", text: `${share.toFixed(1)}%` })),
       el("td", { class: "num" }, action)));
-    rows.push([d.device_id, d.name, d.platform, d.last_seen || "", String(d.revoked), ...TOKEN_FIELDS.map((k) => u[k] ?? "0"), u.total_cost_usd, u.share_percent]);
+    rows.push([d.device_id, d.name, d.platform, d.last_seen || "", String(d.revoked), ...TOKEN_FIELDS.map((k) => u[k] ?? "0"), u.share_percent]);
   }
   if (!list.devices.length) tbody.append(el("tr", {}, el("td", { colspan: 6, class: "sub", text: "No devices yet. Run `tokenledger login` on a machine." })));
   csv = { name: `tokenledger-devices-${s.from}-${s.to}.csv`, rows };
