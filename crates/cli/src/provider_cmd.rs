@@ -152,7 +152,7 @@ pub fn run(args: ProviderArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(run_async(args))
 }
 
-async fn open(args_url: Option<&str>) -> anyhow::Result<Arc<dyn ProviderStore>> {
+pub async fn open(args_url: Option<&str>) -> anyhow::Result<Arc<dyn ProviderStore>> {
     tokenledger_provider::open_store(args_url, &data_dir())
         .await
         .context("opening the server database")
@@ -166,7 +166,7 @@ async fn user_id(store: &dyn ProviderStore, name: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("no user named {name:?}"))
 }
 
-fn ingestor(store: Arc<dyn ProviderStore>, tuning: Option<Tuning>) -> anyhow::Result<Ingestor> {
+pub fn ingestor(store: Arc<dyn ProviderStore>, tuning: Option<Tuning>) -> anyhow::Result<Ingestor> {
     let cipher = KeyCipher::load(&data_dir()).context("loading the master key")?;
     let tuning = tuning.unwrap_or(Tuning {
         retention_days: DEFAULT_RETENTION_DAYS,

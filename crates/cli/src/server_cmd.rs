@@ -207,11 +207,31 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&args.bind)
             .await
             .with_context(|| format!("cannot listen on {}", args.bind))?;
-        tokenledger_server::serve(listener, AppState::new(store, config), shutdown_signal())
+        let app = tokenledger_server::router_with(
+            AppState::new(store, config),
+            provider_routes(args.database_url.as_deref()).await?,
+        );
+        tokenledger_server::serve_app(listener, app, shutdown_signal())
             .await
             .context("server failed")?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The provider usage routes (keys, cron, provider usage API) over the same database.
+async fn provider_routes(database_url: Option<&str>) -> anyhow::Result<axum::Router> {
+    use tokenledger_provider::http::{self as phttp, ProviderHttpState, StoreTokenAuth};
+    let store = crate::provider_cmd::open(database_url).await?;
+    let ingestor = crate::provider_cmd::ingestor(store.clone(), None)?;
+    let secret = phttp::cron_secret_from_env();
+    if secret.is_none() {
+        tracing::info!("CRON_SECRET is not set: POST /api/v1/cron/daily-usage refuses every call");
+    }
+    Ok(phttp::router(ProviderHttpState::new(
+        ingestor,
+        std::sync::Arc::new(StoreTokenAuth(store)),
+        secret,
+    )))
 }
 
 fn ts(secs: i64) -> String {

@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use jiff::civil::Date;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -154,7 +154,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-async fn user(state: &ProviderHttpState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+/// A user already authenticated by the embedding server (a dashboard session cookie whose
+/// CSRF check passed). The server inserts it as a request extension; clients cannot forge it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionUser(pub UserId);
+
+async fn user(
+    state: &ProviderHttpState,
+    headers: &HeaderMap,
+    session: Option<Extension<SessionUser>>,
+) -> Result<UserId, ApiError> {
+    if headers.get(header::AUTHORIZATION).is_none() {
+        if let Some(Extension(SessionUser(id))) = session {
+            return Ok(id);
+        }
+    }
     let token = bearer(headers).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -288,9 +302,10 @@ fn counters_json(c: &Counters, into: &mut Map<String, Value>) {
 async fn provider_usage(
     State(state): State<ProviderHttpState>,
     headers: HeaderMap,
+    session: Option<Extension<SessionUser>>,
     Query(p): Query<UsageParams>,
 ) -> Result<Response, ApiError> {
-    let user_id = user(&state, &headers).await?;
+    let user_id = user(&state, &headers, session).await?;
     let today = (state.today)();
     let to =
         p.to.as_deref()
@@ -492,9 +507,10 @@ pub async fn add_provider_key(
 async fn add_key(
     State(state): State<ProviderHttpState>,
     headers: HeaderMap,
+    session: Option<Extension<SessionUser>>,
     body: Result<Json<AddKeyBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let user_id = user(&state, &headers).await?;
+    let user_id = user(&state, &headers, session).await?;
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let info = add_provider_key(
         &state.ingestor,
@@ -511,8 +527,9 @@ async fn add_key(
 async fn list_keys(
     State(state): State<ProviderHttpState>,
     headers: HeaderMap,
+    session: Option<Extension<SessionUser>>,
 ) -> Result<Response, ApiError> {
-    let user_id = user(&state, &headers).await?;
+    let user_id = user(&state, &headers, session).await?;
     let keys = state.ingestor.store.list_keys(user_id).await?;
     Ok(Json(json!({ "data": keys })).into_response())
 }
@@ -520,9 +537,10 @@ async fn list_keys(
 async fn remove_key(
     State(state): State<ProviderHttpState>,
     headers: HeaderMap,
+    session: Option<Extension<SessionUser>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let user_id = user(&state, &headers).await?;
+    let user_id = user(&state, &headers, session).await?;
     if state.ingestor.store.remove_key(user_id, id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -537,10 +555,11 @@ async fn remove_key(
 async fn set_enabled(
     state: ProviderHttpState,
     headers: HeaderMap,
+    session: Option<Extension<SessionUser>>,
     id: i64,
     enabled: bool,
 ) -> Result<Response, ApiError> {
-    let user_id = user(&state, &headers).await?;
+    let user_id = user(&state, &headers, session).await?;
     if state
         .ingestor
         .store
@@ -560,15 +579,17 @@ async fn set_enabled(
 async fn enable_key(
     State(state): State<ProviderHttpState>,
     headers: HeaderMap,
+    session: Option<Extension<SessionUser>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    set_enabled(state, headers, id, true).await
+    set_enabled(state, headers, session, id, true).await
 }
 
 async fn disable_key(
     State(state): State<ProviderHttpState>,
     headers: HeaderMap,
+    session: Option<Extension<SessionUser>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    set_enabled(state, headers, id, false).await
+    set_enabled(state, headers, session, id, false).await
 }

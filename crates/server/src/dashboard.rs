@@ -146,6 +146,8 @@ pub async fn session_layer(
         token_hash,
         csrf_token: session.csrf_token,
     });
+    req.extensions_mut()
+        .insert(tokenledger_provider::http::SessionUser(session.user.id));
     req.extensions_mut().insert(SessionUser(session.user));
     next.run(req).await
 }

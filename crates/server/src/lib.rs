@@ -97,9 +97,17 @@ impl AppState {
 
 /// The whole application: API routes, health, metrics and the OpenAPI document.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus `extra` routes (state already applied, e.g. the provider usage routes of
+/// `tokenledger_provider::http::router`), all behind the same sessions, limits, metrics and logs.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     let max_body = state.config().max_body_bytes;
     http::routes()
         .merge(dashboard::routes())
+        .with_state(state.clone())
+        .merge(extra)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             dashboard::session_layer,
@@ -110,7 +118,6 @@ pub fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves, then finishes in-flight requests.
@@ -122,7 +129,23 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, backend = state.store().backend(), "tokenledger server listening");
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_app(listener, router(state), shutdown).await
+}
+
+/// Serves an application built with [`router_with`], with each peer's address available to
+/// handlers (rejected cron calls are logged with it).
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "tokenledger server listening");
+    }
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
