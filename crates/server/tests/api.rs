@@ -50,6 +50,7 @@ both_backends!(
     days_are_grouped_in_the_time_zone,
     users_never_see_each_others_data,
     devices_are_listed_with_last_seen_and_revoked,
+    a_device_may_revoke_itself_but_no_other,
     other_usage_endpoints_report_exact_numbers,
     legacy_rows_without_model_become_unknown,
     openapi_document_lists_the_paths,
@@ -1399,4 +1400,48 @@ async fn overload_answers_429_with_retry_after() {
         env.scalar("SELECT count(*) FROM usage_buckets").await,
         Ok(0)
     );
+}
+
+async fn a_device_may_revoke_itself_but_no_other(env: Env) {
+    let user = env.user("ada").await;
+    let (id_a, dev_a) = env.device(&user, "laptop").await;
+    let (id_b, dev_b) = env.device(&user, "desktop").await;
+    // Another device of the same user cannot be revoked with a device token.
+    let (s, _) = env
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/devices/{id_b}"),
+            Some(&dev_a),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = env
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/devices/{id_a}"),
+            Some(&dev_a),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    // Its token stops working at once; the other device's still works.
+    let (s, _) = env
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/devices/{id_a}"),
+            Some(&dev_a),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = env
+        .send(
+            Method::POST,
+            "/api/v1/ingest",
+            Some(&dev_b),
+            Some("{\"buckets\":[]}".into()),
+        )
+        .await;
+    assert_eq!(s, 200);
 }

@@ -137,14 +137,22 @@ pub async fn list(
         (status = 404, body = crate::error::ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
-    UserAuth(user): UserAuth,
+    user: Result<UserAuth, ApiError>,
+    device: Result<crate::auth::DeviceAuth, ApiError>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let Ok(device_id) = id.parse::<i64>() else {
         return Err(ApiError::not_found("no such device"));
     };
-    if state.store().revoke_device(user.id, device_id).await? {
-        tracing::info!(user_id = user.id, device_id, "device revoked");
+    // The owner may revoke any of their devices; a device may revoke itself (logout).
+    let user_id = match (user, device) {
+        (Ok(UserAuth(user)), _) => user.id,
+        (Err(_), Ok(crate::auth::DeviceAuth(d))) if d.id == device_id => d.user_id,
+        (Err(_), Ok(_)) => return Err(ApiError::not_found("no such active device")),
+        (Err(e), Err(_)) => return Err(e),
+    };
+    if state.store().revoke_device(user_id, device_id).await? {
+        tracing::info!(user_id, device_id, "device revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such active device"))
