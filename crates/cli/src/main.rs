@@ -1,5 +1,6 @@
 //! The `tokenledger` binary: parses flags, runs the command, maps errors to exit codes.
 
+mod dashboard_cmd;
 mod output;
 mod provider_cmd;
 mod report_cmd;

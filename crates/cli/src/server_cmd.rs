@@ -28,6 +28,13 @@ pub struct ServeArgs {
     /// Ingest requests processed at once; more wait, then get 429.
     #[arg(long, default_value_t = 32)]
     ingest_concurrency: usize,
+    // --- dashboard (crates/cli/src/dashboard_cmd.rs) ---
+    /// URL the dashboard is reached at, for printed login links (default: from --bind).
+    #[arg(long, env = "TOKENLEDGER_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Do not create a local owner nor sync this machine's agent logs into the database.
+    #[arg(long, env = "TOKENLEDGER_NO_LOCAL_SYNC")]
+    no_local_sync: bool,
 }
 
 #[derive(clap::Args)]
@@ -59,6 +66,18 @@ enum AdminCommand {
         user_id: i64,
         /// The device's id.
         device_id: i64,
+    },
+    /// Print a one-time dashboard login link for a user (valid once, for 10 minutes).
+    LoginLink {
+        /// The user's name (or id).
+        name: String,
+        /// URL the dashboard is reached at.
+        #[arg(
+            long,
+            env = "TOKENLEDGER_PUBLIC_URL",
+            default_value = "http://127.0.0.1:7680"
+        )]
+        base_url: String,
     },
     /// The daily rollup.
     Rollup {
@@ -207,6 +226,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&args.bind)
             .await
             .with_context(|| format!("cannot listen on {}", args.bind))?;
+        // Dashboard first run: local owner, this machine as a device, periodic local sync.
+        if !args.no_local_sync {
+            let base = args
+                .public_url
+                .clone()
+                .unwrap_or_else(|| crate::dashboard_cmd::base_url_for_bind(&args.bind));
+            if let Some(local) = crate::dashboard_cmd::prepare(store.as_ref(), &base).await? {
+                crate::dashboard_cmd::spawn_sync(store.clone(), local);
+            }
+        }
         let app = tokenledger_server::router_with(
             AppState::new(store, config),
             provider_routes(args.database_url.as_deref()).await?,
@@ -282,6 +311,12 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
                     bail!("user {user_id} has no active device {device_id}");
                 }
                 eprintln!("revoked device {device_id} of user {user_id}");
+            }
+            AdminCommand::LoginLink { name, base_url } => {
+                println!(
+                    "{}",
+                    crate::dashboard_cmd::login_link(store, name.trim(), &base_url).await?
+                );
             }
             AdminCommand::Rollup {
                 command: RollupCommand::Rebuild { from, to },
