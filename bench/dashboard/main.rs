@@ -20,7 +20,11 @@ const MODELS: [(Source, &str); 6] = [
 ];
 
 fn day(ts: i64) -> String {
-    jiff::Timestamp::from_second(ts).unwrap().to_zoned(jiff::tz::TimeZone::UTC).date().to_string()
+    jiff::Timestamp::from_second(ts)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -28,8 +32,14 @@ async fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(tmp.path().join("b.db")).await.unwrap());
     let token = generate_token("tlu_");
-    let user = store.create_user("heavy", &hash_token(&token)).await.unwrap();
-    let dev = store.create_device(user.id, "m", "linux", &hash_token(&generate_token("tld_"))).await.unwrap();
+    let user = store
+        .create_user("heavy", &hash_token(&token))
+        .await
+        .unwrap();
+    let dev = store
+        .create_device(user.id, "m", "linux", &hash_token(&generate_token("tld_")))
+        .await
+        .unwrap();
     let today = now_unix() - now_unix().rem_euclid(86_400);
     let mut buckets = Vec::new();
     let t0 = Instant::now();
@@ -44,27 +54,57 @@ async fn main() {
                     source: *source,
                     model: model.to_string(),
                     hour_start: today - d * 86_400 + slot * 1800,
-                    tokens: TokenCounts { input_tokens: n * 10, cached_input_tokens: n * 4, cache_creation_input_tokens: 0, output_tokens: n, reasoning_output_tokens: n / 2, total_tokens: n * 11 },
+                    tokens: TokenCounts {
+                        input_tokens: n * 10,
+                        cached_input_tokens: n * 4,
+                        cache_creation_input_tokens: 0,
+                        output_tokens: n,
+                        reasoning_output_tokens: n / 2,
+                        total_tokens: n * 11,
+                    },
                 });
             }
         }
         if buckets.len() >= 5000 {
-            store.ingest(user.id, dev.id, &buckets, now_unix()).await.unwrap();
+            store
+                .ingest(user.id, dev.id, &buckets, now_unix())
+                .await
+                .unwrap();
             buckets.clear();
         }
     }
-    store.ingest(user.id, dev.id, &buckets, now_unix()).await.unwrap();
+    store
+        .ingest(user.id, dev.id, &buckets, now_unix())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(store.clone(), ServerConfig::default());
-    tokio::spawn(async move { tokenledger_server::serve(listener, state, std::future::pending()).await });
+    tokio::spawn(async move {
+        tokenledger_server::serve(listener, state, std::future::pending()).await
+    });
     println!("seeded 730 days in {:.1}s", t0.elapsed().as_secs_f64());
 
     // A browser session, as the page has.
-    let code = dashboard::create_login_code(store.as_ref(), user.id).await.unwrap();
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let resp = client.get(dashboard::login_url(&base, &code)).send().await.unwrap();
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let code = dashboard::create_login_code(store.as_ref(), user.id)
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client
+        .get(dashboard::login_url(&base, &code))
+        .send()
+        .await
+        .unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
 
     let (from30, to) = (day(today - 29 * 86_400), day(today));
     let from365 = day(today - 364 * 86_400);
@@ -92,7 +132,15 @@ async fn main() {
             let mut this = Vec::new();
             for u in &urls {
                 let t = Instant::now();
-                let body = client.get(format!("{base}{u}")).header("cookie", &cookie).send().await.unwrap().bytes().await.unwrap();
+                let body = client
+                    .get(format!("{base}{u}"))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
                 total += ms;
                 b += body.len();
