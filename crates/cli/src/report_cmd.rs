@@ -316,6 +316,9 @@ fn round_cost(c: f64) -> f64 {
     (c * 1e6).round() / 1e6
 }
 
+/// Usage per (source, model) inside a row.
+type Cells = BTreeMap<(Source, String), Cell>;
+
 /// Usage of one (source, model) inside a row.
 #[derive(Default)]
 struct Cell {
@@ -440,7 +443,7 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                 list.push((v, t, c));
             }
             // Largest first: that is what people look for.
-            list.sort_by(|a, b| b.1.total_tokens.cmp(&a.1.total_tokens));
+            list.sort_by_key(|x| std::cmp::Reverse(x.1.total_tokens));
             for (v, t, c) in list {
                 totals += t;
                 total_cost += c;
@@ -451,7 +454,8 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
             let mut buckets = reassigned(ledger, plan)?;
             buckets.sort_by_key(|b| b.key.hour_start);
             let now = Timestamp::now().as_second();
-            let mut blocks: Vec<(i64, BTreeMap<(Source, String), Cell>, i64)> = Vec::new();
+            // (start, usage per source and model, last active half hour)
+            let mut blocks: Vec<(i64, Cells, i64)> = Vec::new();
             for b in buckets {
                 let h = b.key.hour_start;
                 let need_new = match blocks.last() {
@@ -556,7 +560,7 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                 list.push((last, v, t, c));
             }
             // Most recent last, like a log.
-            list.sort_by(|a, b| a.0.cmp(&b.0));
+            list.sort_by_key(|x| x.0);
             for (_, v, t, c) in list {
                 totals += t;
                 total_cost += c;
