@@ -16,6 +16,7 @@ use tokenledger_provider::ingest::{
 };
 use tokenledger_provider::model::{days_between, today_utc};
 use tokenledger_provider::parity::{ParityOptions, DEFAULT_THRESHOLD};
+use tokenledger_provider::retry::{RetryPolicy, TokioSleeper};
 use tokenledger_provider::{ProviderStore, SecretString};
 
 #[derive(Args)]
@@ -87,6 +88,9 @@ pub struct Tuning {
     /// Provider requests per minute (0: unthrottled).
     #[arg(long, default_value_t = DEFAULT_REQUESTS_PER_MINUTE)]
     pub requests_per_minute: u32,
+    /// Attempts per provider request, the first included (5xx, network errors and 429 are retried).
+    #[arg(long, default_value_t = RetryPolicy::default().max_attempts, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
 }
 
 #[derive(Args)]
@@ -171,11 +175,20 @@ pub fn ingestor(store: Arc<dyn ProviderStore>, tuning: Option<Tuning>) -> anyhow
     let tuning = tuning.unwrap_or(Tuning {
         retention_days: DEFAULT_RETENTION_DAYS,
         requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
+        max_attempts: RetryPolicy::default().max_attempts,
     });
+    let retry = RetryPolicy {
+        max_attempts: tuning.max_attempts.max(1),
+        ..RetryPolicy::default()
+    };
     Ok(Ingestor {
         store,
         cipher: Arc::new(cipher),
-        clients: ClientFactory::new(tuning.requests_per_minute),
+        clients: ClientFactory::with_sleeper(
+            Arc::new(TokioSleeper),
+            retry,
+            tuning.requests_per_minute,
+        ),
         config: IngestConfig {
             retention_days: tuning.retention_days.max(1),
             ..IngestConfig::default()
@@ -289,8 +302,8 @@ async fn run_async(args: ProviderArgs) -> anyhow::Result<ExitCode> {
             }
             if tel.days_outside_retention > 0 {
                 eprintln!(
-                    "warning: {} day(s) before the {}-day retention window were not fetched \
-                     (pass --retention-days to keep them)",
+                    "warning: {} day(s) before the {}-day retention window were stored; the next \
+                     pull prunes them (pass --retention-days to keep them)",
                     tel.days_outside_retention, a.tuning.retention_days
                 );
             }
@@ -318,6 +331,14 @@ async fn run_async(args: ProviderArgs) -> anyhow::Result<ExitCode> {
             if let Some(path) = &a.json_out {
                 std::fs::write(path, serde_json::to_vec_pretty(&report)?)
                     .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if report.csv_rows_invalid > 0 {
+                // A row that cannot be read leaves the comparison unproven: bad input.
+                eprintln!(
+                    "tokenledger: {} CSV row(s) have an unreadable time or counter",
+                    report.csv_rows_invalid
+                );
+                return Ok(ExitCode::from(2));
             }
             Ok(if report.is_match() {
                 ExitCode::SUCCESS

@@ -117,7 +117,7 @@ pub struct Telemetry {
     pub failed: u64,
     /// Results removed by retention.
     pub pruned: u64,
-    /// Days of a backfill that fall before the retention window (not fetched).
+    /// Days of a backfill that fall before the retention window (stored; the next pull prunes them).
     pub days_outside_retention: u64,
     pub errors: Vec<TelemetryError>,
 }
@@ -315,7 +315,10 @@ impl Ingestor {
         let mut tel = Telemetry::default();
         let oldest = self.config.oldest_kept(today);
         let end = req.end.min(today);
-        let mut start = req.start;
+        let start = req.start;
+        // Days asked for explicitly are fetched and kept even before the retention window (a
+        // backfill feeds parity with old exports); the run says so, and the next pull prunes
+        // them unless the retention is raised.
         if start < oldest {
             let outside = days_between(start, end.min(add_days(oldest, -1))) + 1;
             tel.days_outside_retention = outside.max(0) as u64;
@@ -323,11 +326,11 @@ impl Ingestor {
                 days = tel.days_outside_retention,
                 oldest_kept = %oldest,
                 retention_days = self.config.retention_days,
-                "backfill starts before the retention window; those days are not fetched \
-                 (raise the retention to keep them)"
+                "backfill starts before the retention window; those days are stored now and \
+                 pruned by the next pull (raise the retention to keep them)"
             );
-            start = oldest;
         }
+        let prune_before = oldest.min(start);
         for key in &keys {
             tel.keys_processed += 1;
             if start > end {
@@ -351,7 +354,7 @@ impl Ingestor {
             {
                 tracing::warn!(key = key.id, code = e.code(), "backfill stopped: {e}");
             }
-            self.prune(key, oldest, &mut tel).await;
+            self.prune(key, prune_before, &mut tel).await;
         }
         Ok(tel)
     }
