@@ -50,6 +50,9 @@ input_cached_text_tokens,input_audio_tokens,input_cached_audio_tokens,output_aud
 input_image_tokens,input_cached_image_tokens,output_image_tokens";
 const DAY: i64 = 86_400;
 
+/// Which fake results a filter keeps.
+type Pred<'a> = &'a dyn Fn(&Res) -> bool;
+
 // ---------------------------------------------------------------- days
 
 fn today() -> Date {
@@ -158,7 +161,8 @@ struct FakeState {
 }
 
 struct Fake {
-    rt: tokio::runtime::Runtime,
+    /// Runs the fake; dropping it stops the server.
+    _rt: tokio::runtime::Runtime,
     state: Arc<FakeState>,
     base_url: String,
 }
@@ -185,7 +189,7 @@ impl Fake {
             let _ = axum::serve(listener, app).await;
         });
         Fake {
-            rt,
+            _rt: rt,
             state,
             base_url: format!("http://{addr}"),
         }
@@ -219,13 +223,6 @@ impl Fake {
                 rs.iter().map(move |r| (d, r.clone()))
             })
             .collect()
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        // The runtime stops its server task when dropped; nothing else to do.
-        let _ = &self.rt;
     }
 }
 
@@ -854,7 +851,7 @@ fn pull_stores_the_days_and_serve_answers_provider_usage_with_filters_and_csv() 
     );
 
     // Each filter narrows the rows to its results.
-    let filters: [(&str, &dyn Fn(&Res) -> bool); 5] = [
+    let filters: [(&str, Pred); 5] = [
         ("project_id=proj_b", &|r| r.project == Some("proj_b")),
         ("api_key_id=key_1", &|r| r.key == Some("key_1")),
         ("model=gpt-4o-mini-2024-07-18", &|r| {
