@@ -34,6 +34,10 @@ pub struct LoginArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// A one-time login code or link (`.../login/tll_...`) from the dashboard's first run or
+    /// `tokenledger admin login-link`, instead of the user token. It works once, for 10 minutes.
+    #[arg(long, value_name = "CODE_OR_LINK", conflicts_with = "token")]
+    pub code: Option<String>,
     /// The name this machine gets on the server (default: its host name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -168,7 +172,14 @@ fn read_stdin_token() -> Result<String> {
 
 pub fn login(a: LoginArgs) -> Result<ExitCode> {
     let dir = data_dir();
-    let token = read_token(a.token)?;
+    let token = match a.code.as_deref() {
+        Some(code) => {
+            // Accept the whole link as printed, or the code alone.
+            let code = code.trim().trim_end_matches('/');
+            code.rsplit('/').next().unwrap_or(code).to_string()
+        }
+        None => read_token(a.token)?,
+    };
     let client = Client::new(&a.server)?;
     let name = a.name.unwrap_or_else(host_name);
     let reg = client

@@ -89,9 +89,14 @@ fn clean(field: &str, v: &str, required: bool) -> Result<String, ApiError> {
         (status = 401, body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    UserAuth(user): UserAuth,
+    user: Result<UserAuth, ApiError>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<NewDeviceRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<NewDeviceResponse>), ApiError> {
+    let user = match user {
+        Ok(UserAuth(user)) => user,
+        Err(e) => link_code_user(&state, &headers).await?.ok_or(e)?,
+    };
     let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
     let name = clean("name", &req.name, true)?;
     let platform = clean("platform", &req.platform, false)?;
@@ -112,6 +117,34 @@ pub async fn create(
             device_token: token,
         }),
     ))
+}
+
+/// The user of a one-time login code (`tll_...` codes printed by
+/// `tokenledger admin login-link` or the first run) sent as the bearer token: `tokenledger login
+/// --code` registers a machine with it. The code is used up.
+async fn link_code_user(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<tokenledger_store::User>, ApiError> {
+    let Some(code) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
+        return Ok(None);
+    };
+    if !code.starts_with(crate::dashboard::LOGIN_CODE_PREFIX) || code.len() > 200 {
+        return Ok(None);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok(state
+        .store()
+        .redeem_login_code(&tokenledger_store::hash_token(code), now)
+        .await?)
 }
 
 /// Lists the authenticated user's devices, revoked ones included.
