@@ -21,9 +21,16 @@
 //!   already seen under another `requestId` are replays; `<synthetic>` and `isApiErrorMessage`
 //!   lines are placeholders; cache creation is the 5m + 1h split when the flat field is absent.
 
+mod agents;
 mod claude;
 mod codex;
+mod every_code;
+mod gemini;
+mod opencode;
+mod qwen;
 pub mod util;
+
+pub use agents::{add_agents, AgentOptions, AgentTraps};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -231,6 +238,8 @@ pub struct Corpus {
     pub files: u64,
     pub bytes: u64,
     pub traps: TrapCounts,
+    /// Traps of the extra agents ([`add_agents`]; all zero without it).
+    pub agent_traps: AgentTraps,
     /// Held-back tails: (absolute path, bytes to append).
     pending: Vec<(PathBuf, Vec<u8>)>,
 }
@@ -312,6 +321,7 @@ pub fn generate(home: &Path, opts: &Options) -> std::io::Result<Corpus> {
         files: 0,
         bytes: 0,
         traps: TrapCounts::default(),
+        agent_traps: AgentTraps::default(),
         pending: Vec::new(),
     };
     fs::create_dir_all(home)?;

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use std::path::PathBuf;
-use tokenledger_testkit::{generate, util::days_from_civil, Options};
+use tokenledger_testkit::{add_agents, generate, util::days_from_civil, AgentOptions, Options};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,16 @@ struct Args {
     /// Write the ground truth (daily and half-hour rows, totals, planted traps) to this file.
     #[arg(long)]
     truth: Option<PathBuf>,
+    /// Also write these agents (opt-in; the Codex/Claude part is unchanged): `all` or a comma
+    /// list of `every-code,gemini,opencode,qwen`.
+    #[arg(long)]
+    agents: Option<String>,
+    /// Minimum sessions per extra agent (with `--agents`).
+    #[arg(long, default_value_t = 12)]
+    agent_sessions: usize,
+    /// Minimum total size of the extra agents' logs (with `--agents`), e.g. `100MiB`.
+    #[arg(long, default_value = "0")]
+    agent_bytes: String,
 }
 
 fn parse_bytes(s: &str) -> anyhow::Result<u64> {
@@ -74,8 +84,15 @@ fn main() -> anyhow::Result<()> {
         days: args.days,
         hold_back: false,
     };
-    let corpus = generate(&args.out, &opts)
+    let mut corpus = generate(&args.out, &opts)
         .with_context(|| format!("writing corpus to {}", args.out.display()))?;
+    if let Some(list) = &args.agents {
+        let mut agents =
+            AgentOptions::parse_list(list, args.agent_sessions).map_err(anyhow::Error::msg)?;
+        agents.bytes = parse_bytes(&args.agent_bytes)?;
+        add_agents(&mut corpus, &opts, &agents)
+            .with_context(|| format!("writing agents to {}", args.out.display()))?;
+    }
     eprintln!(
         "wrote {} files, {} bytes under {}",
         corpus.files,
@@ -87,6 +104,9 @@ fn main() -> anyhow::Result<()> {
         v["files"] = corpus.files.into();
         v["bytes"] = corpus.bytes.into();
         v["traps"] = serde_json::to_value(&corpus.traps)?;
+        if args.agents.is_some() {
+            v["agent_traps"] = serde_json::to_value(&corpus.agent_traps)?;
+        }
         std::fs::write(&path, serde_json::to_vec_pretty(&v)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
