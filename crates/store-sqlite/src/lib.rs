@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 use jiff::civil::Date;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,10 +54,47 @@ pub const ROLLUP_ROLLBACK_SQL: &str = include_str!("../sql/rollup-rollback.sql")
 
 const READERS: usize = 4;
 
+/// Write calls between two background checkpoints.
+const CHECKPOINT_EVERY: u64 = 16;
+
+/// The single writer connection and its link to the checkpoint thread.
+struct Writer {
+    conn: Connection,
+    commits: u64,
+    checkpoints: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Starts the thread that runs passive WAL checkpoints when asked; it ends when the store
+/// (the sender) is dropped.
+fn spawn_checkpointer(path: &Path) -> rusqlite::Result<std::sync::mpsc::SyncSender<()>> {
+    let conn = open_conn(path)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let spawned = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                // PASSIVE never blocks the writer or readers; what it cannot copy now is
+                // copied next time.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing_warn(&e);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread the writer's own automatic checkpoints still bound the WAL.
+        tracing_warn(&e);
+    }
+    Ok(tx)
+}
+
+fn tracing_warn(e: &dyn std::fmt::Display) {
+    tracing::warn!(error = %e, "SQLite background checkpoint failed");
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writer>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
 }
@@ -144,13 +182,24 @@ impl SqliteStore {
         }
         let mut writer = open_conn(&path).map_err(db_err)?;
         migrate(&mut writer, None)?;
+        // Checkpoints (copying the WAL back into the database, with its fsyncs) run on a
+        // thread of their own, so that the single writer does not stall on them; the writer
+        // checkpoints itself only if the WAL grows past ~40 MB regardless.
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 10000;")
+            .map_err(db_err)?;
+        let checkpoints = spawn_checkpointer(&path).map_err(db_err)?;
         let readers = (0..READERS)
             .map(|_| open_conn(&path).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(db_err)?;
         Ok(SqliteStore {
             path,
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new(Writer {
+                conn: writer,
+                commits: 0,
+                checkpoints,
+            })),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
         })
@@ -174,8 +223,14 @@ impl SqliteStore {
     {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn).map_err(db_err)
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let out = f(&mut w.conn).map_err(db_err);
+            w.commits += 1;
+            if w.commits.is_multiple_of(CHECKPOINT_EVERY) {
+                // Full channel: a checkpoint is already due; nothing to add.
+                let _ = w.checkpoints.try_send(());
+            }
+            out
         })
         .await
         .map_err(StoreError::db)?
@@ -254,6 +309,109 @@ fn usage_rows(
         });
     }
     Ok(out)
+}
+
+/// Sums rollup rows read in `(day, source, model)` order into [`UsageRow`]s of a period, in
+/// the order `ORDER BY period, source, model` gives.
+struct RollupSums {
+    period: Period,
+    /// `(period, source, model, sums)`; for [`Period::All`], one per series (period 0).
+    rows: Vec<(i64, String, String, [i64; 6])>,
+    /// [`Period::All`]: `source \0 model` -> index in `rows`.
+    index: HashMap<Vec<u8>, usize>,
+    /// [`Period::All`]: the series expected next (each day repeats the same series order).
+    hint: usize,
+    key: Vec<u8>,
+    day: Vec<u8>,
+    day_start: i64,
+}
+
+fn text(v: &[u8]) -> Result<String> {
+    String::from_utf8(v.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl RollupSums {
+    fn new(period: Period) -> Self {
+        RollupSums {
+            period,
+            rows: Vec::new(),
+            index: HashMap::new(),
+            hint: 0,
+            key: Vec::new(),
+            day: Vec::new(),
+            day_start: 0,
+        }
+    }
+
+    /// Adds one rollup row; `day` is only read for periods other than [`Period::All`].
+    fn add(&mut self, day: &[u8], source: &[u8], model: &[u8], t: [i64; 6]) -> Result<()> {
+        if self.period == Period::All {
+            let hit = self
+                .rows
+                .get(self.hint)
+                .is_some_and(|r| r.1.as_bytes() == source && r.2.as_bytes() == model);
+            let at = if hit {
+                self.hint
+            } else {
+                self.key.clear();
+                self.key.extend_from_slice(source);
+                self.key.push(0);
+                self.key.extend_from_slice(model);
+                match self.index.get(&self.key) {
+                    Some(&at) => at,
+                    None => {
+                        self.index.insert(self.key.clone(), self.rows.len());
+                        self.rows.push((0, text(source)?, text(model)?, [0; 6]));
+                        self.rows.len() - 1
+                    }
+                }
+            };
+            self.hint = if at + 1 == self.rows.len() { 0 } else { at + 1 };
+            let sums = &mut self.rows[at].3;
+            for (s, v) in sums.iter_mut().zip(t) {
+                *s = s
+                    .checked_add(v)
+                    .ok_or_else(|| StoreError::Corrupt("token sum overflows".into()))?;
+            }
+            return Ok(());
+        }
+        // One row per (day, source, model): the key of the rollup.
+        if self.day != day {
+            let date: Date = std::str::from_utf8(day)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("rollup day {}", String::from_utf8_lossy(day)))
+                })?;
+            self.day_start = day_start_utc(date);
+            self.day.clear();
+            self.day.extend_from_slice(day);
+        }
+        self.rows
+            .push((self.day_start, text(source)?, text(model)?, t));
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<UsageRow>> {
+        if self.period == Period::All {
+            self.rows.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
+        }
+        self.rows
+            .into_iter()
+            .map(|(period, source, model, t)| {
+                let mut a = [0u64; 6];
+                for (slot, v) in a.iter_mut().zip(t) {
+                    *slot = stored_u64(v)?;
+                }
+                Ok(UsageRow {
+                    period,
+                    source,
+                    model,
+                    tokens: TokenCounts::from_array(a),
+                })
+            })
+            .collect()
+    }
 }
 
 fn filter_sql(filter: &UsageFilter, sql: &mut String, args: &mut Vec<String>, first: usize) {
@@ -387,46 +545,41 @@ impl Store for SqliteStore {
         buckets: &[NewBucket],
         now: i64,
     ) -> Result<IngestCounts> {
-        let buckets = buckets.to_vec();
+        // In key order, so that the B-tree pages of one series are visited together.
+        // Stable, so that of repeated keys the last still wins.
+        let mut buckets = buckets.to_vec();
+        buckets.sort_by(|a, b| {
+            (a.source.as_str(), &a.model, a.hour_start).cmp(&(
+                b.source.as_str(),
+                &b.model,
+                b.hour_start,
+            ))
+        });
         self.write(move |c| {
             let tx = c.transaction()?;
             let mut counts = IngestCounts::default();
             {
-                let mut select = tx.prepare_cached(
-                    "SELECT input_tokens, cached_input_tokens, cache_creation_input_tokens,
-                            output_tokens, reasoning_output_tokens, total_tokens
-                     FROM usage_buckets
-                     WHERE user_id = ?1 AND device_id = ?2 AND source = ?3 AND model = ?4
-                       AND hour_start = ?5",
-                )?;
+                // A new key is inserted in one step; only an existing key costs a second
+                // statement, which changes the row only if a value differs.
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO usage_buckets (user_id, device_id, source, model, hour_start,
                          input_tokens, cached_input_tokens, cache_creation_input_tokens,
                          output_tokens, reasoning_output_tokens, total_tokens, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (user_id, device_id, source, model, hour_start) DO NOTHING",
                 )?;
                 let mut update = tx.prepare_cached(
                     "UPDATE usage_buckets SET input_tokens = ?6, cached_input_tokens = ?7,
                          cache_creation_input_tokens = ?8, output_tokens = ?9,
                          reasoning_output_tokens = ?10, total_tokens = ?11, updated_at = ?12
                      WHERE user_id = ?1 AND device_id = ?2 AND source = ?3 AND model = ?4
-                       AND hour_start = ?5",
+                       AND hour_start = ?5
+                       AND NOT (input_tokens = ?6 AND cached_input_tokens = ?7
+                            AND cache_creation_input_tokens = ?8 AND output_tokens = ?9
+                            AND reasoning_output_tokens = ?10 AND total_tokens = ?11)",
                 )?;
                 for b in &buckets {
                     let t = token_params(&b.tokens);
-                    let key = params![user_id, device_id, b.source.as_str(), b.model, b.hour_start];
-                    let old: Option<[i64; 6]> = select
-                        .query_row(key, |r| {
-                            Ok([
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ])
-                        })
-                        .optional()?;
                     let values = params![
                         user_id,
                         device_id,
@@ -441,22 +594,18 @@ impl Store for SqliteStore {
                         t[5],
                         now
                     ];
-                    match old {
-                        None => {
-                            insert.execute(values)?;
-                            counts.inserted += 1;
-                        }
-                        Some(old) if old == t => counts.unchanged += 1,
-                        Some(_) => {
-                            update.execute(values)?;
-                            counts.updated += 1;
-                        }
+                    if insert.execute(values)? == 1 {
+                        counts.inserted += 1;
+                    } else if update.execute(values)? == 1 {
+                        counts.updated += 1;
+                    } else {
+                        counts.unchanged += 1;
                     }
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE devices SET last_seen_at = ?3 WHERE user_id = ?1 AND id = ?2",
-                    params![user_id, device_id, now],
-                )?;
+                )?
+                .execute(params![user_id, device_id, now])?;
             }
             tx.commit()?;
             Ok(counts)
@@ -500,22 +649,45 @@ impl Store for SqliteStore {
         filter: &UsageFilter,
         period: Period,
     ) -> Result<Vec<UsageRow>> {
-        let period_sql = match period {
-            Period::All => "0",
-            Period::Day | Period::HalfHour => "CAST(strftime('%s', day) AS INTEGER)",
-        };
-        let mut sql = format!(
-            "SELECT {period_sql} AS p, source, model, {SUM_COLS} FROM usage_daily_rollup
-             WHERE user_id = ?1 AND day >= ?2 AND day <= ?3"
+        // Rows come in primary-key order (one per day, source and model) and are summed here:
+        // a GROUP BY in SQL would sort every row of the range first, which costs several times
+        // the scan itself.
+        let mut sql = String::from(
+            "SELECT day, source, model, input_tokens, cached_input_tokens,
+                    cache_creation_input_tokens, output_tokens, reasoning_output_tokens,
+                    total_tokens
+             FROM usage_daily_rollup WHERE user_id = ?1 AND day >= ?2 AND day <= ?3",
         );
         let mut extra = Vec::new();
         filter_sql(filter, &mut sql, &mut extra, 4);
-        sql.push_str(" GROUP BY p, source, model ORDER BY p, source, model");
+        sql.push_str(" ORDER BY day, source, model");
         let (from, to) = (from.to_string(), to.to_string());
         self.read(move |c| {
             let mut args: Vec<&dyn rusqlite::ToSql> = vec![&user_id, &from, &to];
             args.extend(extra.iter().map(|s| s as &dyn rusqlite::ToSql));
-            usage_rows(c, &sql, &args)
+            let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
+            let mut rows = stmt.query(&args[..]).map_err(db_err)?;
+            let mut acc = RollupSums::new(period);
+            let all = period == Period::All;
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let bytes = |i: usize| -> Result<&[u8]> {
+                    r.get_ref(i)
+                        .map_err(db_err)?
+                        .as_bytes()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                };
+                let mut t = [0i64; 6];
+                for (i, slot) in t.iter_mut().enumerate() {
+                    *slot = r
+                        .get_ref(3 + i)
+                        .map_err(db_err)?
+                        .as_i64()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                }
+                let day = if all { &[][..] } else { bytes(0)? };
+                acc.add(day, bytes(1)?, bytes(2)?, t)?;
+            }
+            acc.finish()
         })
         .await
     }
