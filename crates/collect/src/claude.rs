@@ -46,7 +46,7 @@ impl Collector for ClaudeCollector {
             seen_roots.push(real);
             let mut found = Vec::new();
             walk_jsonl(&projects, 0, &mut found);
-            found.sort();
+            found.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
             files.extend(found.into_iter().map(|path| FoundFile {
                 source: Source::Claude,
                 path,

@@ -143,7 +143,7 @@ fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<FoundFile> {
         // Archived rollouts live in one flat folder.
         list_rollouts(&root.join("archived_sessions"), &mut paths);
     }
-    paths.sort();
+    paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
     paths.dedup();
     paths
         .into_iter()

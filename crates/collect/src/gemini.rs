@@ -106,7 +106,7 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(_) => Vec::new(),
     };
-    v.sort();
+    v.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
     v
 }
 

@@ -7,7 +7,6 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
 use tokenledger_collect::{Collector, Env, FileScan, FoundFile, SkipReason, Skipped};
 use tokenledger_core::Source;
 
@@ -142,10 +141,11 @@ impl Ledger {
 
         // Discover and decide.
         let mut work: Vec<Work> = Vec::new();
-        let mut seen: HashSet<(Source, PathBuf)> = HashSet::new();
+        let mut seen: HashSet<u64> = HashSet::new();
         for (ci, c) in collectors.iter().enumerate() {
             for file in c.discover(env) {
-                if !seen.insert((file.source, file.path.clone())) {
+                let key = cursor_key(file.source.as_str(), &file.path.to_string_lossy());
+                if !seen.insert(key) {
                     continue;
                 }
                 report.files_seen += 1;
@@ -160,10 +160,6 @@ impl Ledger {
                         continue;
                     }
                 };
-                let key = (
-                    file.source.as_str().to_string(),
-                    file.path.to_string_lossy().into_owned(),
-                );
                 let (offset, state) = match cursors.get(&key) {
                     None => (0, String::new()),
                     Some(cur) => {
@@ -249,14 +245,19 @@ impl Ledger {
     }
 }
 
-fn load_cursors(conn: &Connection) -> Result<HashMap<(String, String), Cursor>> {
+/// The identity of a file's cursor: its source and path, hashed (paths hash slowly).
+fn cursor_key(source: &str, path: &str) -> u64 {
+    tokenledger_collect::stable_hash(&[source.as_bytes(), path.as_bytes()])
+}
+
+fn load_cursors(conn: &Connection) -> Result<HashMap<u64, Cursor>> {
     let mut stmt = conn.prepare(
         "SELECT source, path, dev, inode, size, mtime_ns, offset, head_len, head_hash, state
          FROM files",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
-            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            cursor_key(r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?),
             Cursor {
                 dev: r.get::<_, i64>(2)? as u64,
                 inode: r.get::<_, i64>(3)? as u64,
