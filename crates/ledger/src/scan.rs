@@ -139,17 +139,29 @@ impl Ledger {
         let mut report = ScanReport::default();
         let cursors = load_cursors(&self.conn)?;
 
-        // Discover and decide.
-        let mut work: Vec<Work> = Vec::new();
+        // Discover (collectors in parallel), then stat every file in parallel: a warm run is
+        // mostly file-system lookups.
+        let found: Vec<Vec<FoundFile>> = collectors.par_iter().map(|c| c.discover(env)).collect();
         let mut seen: HashSet<u64> = HashSet::new();
-        for (ci, c) in collectors.iter().enumerate() {
-            for file in c.discover(env) {
+        let mut listed: Vec<(usize, FoundFile, u64)> = Vec::new();
+        for (ci, files) in found.into_iter().enumerate() {
+            for file in files {
                 let key = cursor_key(file.source.as_str(), &file.path.to_string_lossy());
-                if !seen.insert(key) {
-                    continue;
+                if seen.insert(key) {
+                    listed.push((ci, file, key));
                 }
+            }
+        }
+        let stats: Vec<std::io::Result<Stat>> = listed
+            .par_iter()
+            .with_min_len(256)
+            .map(|(_, f, _)| stat_of(&f.path))
+            .collect();
+        let mut work: Vec<Work> = Vec::new();
+        for ((ci, file, key), stat) in listed.into_iter().zip(stats) {
+            {
                 report.files_seen += 1;
-                let stat = match stat_of(&file.path) {
+                let stat = match stat {
                     Ok(s) => s,
                     Err(_) => {
                         report.skipped.push(Skipped {
