@@ -13,7 +13,7 @@ use tokenledger_core::Source;
 /// How many bytes at the start of a file are hashed to notice a rewrite.
 const HEAD_LEN: u64 = 4096;
 /// Files written per transaction; a crash loses at most this much progress, never a token.
-const FILES_PER_COMMIT: usize = 4000;
+const FILES_PER_COMMIT: usize = 16384;
 
 /// Progress of a scan, for a progress bar.
 pub trait Progress: Sync {
@@ -224,30 +224,41 @@ impl Ledger {
             progress.start(work.len() as u64, total_bytes);
         }
 
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Done>(256);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Done>>(32);
         let conn = &mut self.conn;
         let writer_result = std::thread::scope(|s| {
             s.spawn(move || {
-                work.into_par_iter().for_each_with(tx, |tx, w| {
-                    let scan = collectors[w.collector].scan(&w.file, w.offset, &w.state);
-                    progress.advance(scan.bytes_read);
-                    let (head_len, head_hash) = if w.file.whole {
-                        (0, 0)
-                    } else {
-                        let len = scan.offset.min(HEAD_LEN);
-                        match head_hash(&w.file.path, len) {
-                            Some(h) if len > 0 => (len, h),
-                            _ => (0, 0),
-                        }
-                    };
-                    let _ = tx.send(Done {
-                        file: w.file,
-                        stat: w.stat,
-                        scan,
-                        head_len,
-                        head_hash,
+                // Files go to the writer in small batches: one wake-up per file costs more
+                // than reading a small file.
+                work.into_par_iter()
+                    .chunks(16)
+                    .for_each_with(tx, |tx, chunk| {
+                        let batch: Vec<Done> = chunk
+                            .into_iter()
+                            .map(|w| {
+                                let scan =
+                                    collectors[w.collector].scan(&w.file, w.offset, &w.state);
+                                progress.advance(scan.bytes_read);
+                                let (head_len, head_hash) = if w.file.whole {
+                                    (0, 0)
+                                } else {
+                                    let len = scan.offset.min(HEAD_LEN);
+                                    match head_hash(&w.file.path, len) {
+                                        Some(h) if len > 0 => (len, h),
+                                        _ => (0, 0),
+                                    }
+                                };
+                                Done {
+                                    file: w.file,
+                                    stat: w.stat,
+                                    scan,
+                                    head_len,
+                                    head_hash,
+                                }
+                            })
+                            .collect();
+                        let _ = tx.send(batch);
                     });
-                });
             });
             write_all(conn, rx, &mut report)
         });
@@ -316,7 +327,7 @@ struct Writer {
 
 fn write_all(
     conn: &mut Connection,
-    rx: std::sync::mpsc::Receiver<Done>,
+    rx: std::sync::mpsc::Receiver<Vec<Done>>,
     report: &mut ScanReport,
 ) -> Result<()> {
     let mut w = Writer {
@@ -333,7 +344,7 @@ fn write_all(
             .unwrap_or(0),
     };
     let mut tx = conn.transaction()?;
-    for mut done in rx {
+    for mut done in rx.into_iter().flatten() {
         report.files_read += 1;
         report.bytes_read += done.scan.bytes_read;
         report.skipped.append(&mut done.scan.skipped);
@@ -346,6 +357,7 @@ fn write_all(
         }
     }
     flush(&tx, &mut w, report)?;
+    refresh_aggregates(&tx)?;
     tx.commit()?;
     Ok(())
 }
@@ -481,48 +493,42 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
             ])?;
         }
     }
-    refresh_aggregates(tx, w)
+    mark_dirty(tx, w)
 }
 
-/// Recomputes the aggregates of every touched half hour from the entries, leaving out replayed
-/// copies whose original is known.
-fn refresh_aggregates(tx: &Transaction, w: &mut Writer) -> Result<()> {
-    if w.touched.is_empty() {
-        return Ok(());
+/// Records the half hours and replay groups this flush touched, in the flush's transaction, so
+/// that a crash before [`refresh_aggregates`] leaves them to the next scan.
+fn mark_dirty(tx: &Transaction, w: &mut Writer) -> Result<()> {
+    let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO dirty_hours (h) VALUES (?1)")?;
+    for h in w.touched.drain() {
+        ins.execute([h])?;
     }
-    tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS touched (h INTEGER PRIMARY KEY); DELETE FROM touched;
-         CREATE TEMP TABLE IF NOT EXISTS originals (g INTEGER PRIMARY KEY); DELETE FROM originals;",
-    )?;
-    {
-        let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO touched (h) VALUES (?1)")?;
-        for h in w.touched.iter() {
-            ins.execute([h])?;
-        }
-        let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO originals (g) VALUES (?1)")?;
-        for g in w.originals.iter() {
-            ins.execute([g])?;
-        }
+    let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO dirty_groups (g) VALUES (?1)")?;
+    for g in w.originals.drain() {
+        ins.execute([g])?;
     }
+    Ok(())
+}
+
+/// Recomputes the aggregates of every dirty half hour from the entries, leaving out replayed
+/// copies whose original is known, and clears the dirty marks. Runs once per scan: refreshing
+/// per flush would re-aggregate the same hours again and again.
+pub(crate) fn refresh_aggregates(tx: &Transaction) -> Result<()> {
     // Hours holding a replayed copy of an original written now.
     tx.execute_batch(
-        "INSERT OR IGNORE INTO touched (h)
-         SELECT e.hour_start FROM originals o JOIN entries e ON e.grp = o.g WHERE e.replay = 1;",
-    )?;
-    tx.execute_batch(
-        "DELETE FROM agg WHERE hour_start IN (SELECT h FROM touched);
+        "INSERT OR IGNORE INTO dirty_hours (h)
+         SELECT e.hour_start FROM dirty_groups o JOIN entries e ON e.grp = o.g WHERE e.replay = 1;
+         DELETE FROM agg WHERE hour_start IN (SELECT h FROM dirty_hours);
          INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
                           reasoning, total)
          SELECT e.hour_start, e.source, e.model, e.dim, SUM(e.input), SUM(e.cached),
                 SUM(e.cache_creation), SUM(e.output), SUM(e.reasoning), SUM(e.total)
          FROM entries e
-         WHERE e.hour_start IN (SELECT h FROM touched)
+         WHERE e.hour_start IN (SELECT h FROM dirty_hours)
            AND NOT (e.replay = 1 AND EXISTS (
                 SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
          GROUP BY e.hour_start, e.source, e.model, e.dim;
-         DELETE FROM touched; DELETE FROM originals;",
+         DELETE FROM dirty_hours; DELETE FROM dirty_groups;",
     )?;
-    w.touched.clear();
-    w.originals.clear();
     Ok(())
 }

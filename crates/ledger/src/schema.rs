@@ -58,6 +58,9 @@ const MIGRATIONS: &[&str] = &[
         total INTEGER NOT NULL,
         PRIMARY KEY (hour_start, source, model, dim)
      ) WITHOUT ROWID;",
+    // 2: half hours whose aggregates must be recomputed (kept across a crash mid-scan).
+    "CREATE TABLE IF NOT EXISTS dirty_hours (h INTEGER PRIMARY KEY);
+     CREATE TABLE IF NOT EXISTS dirty_groups (g INTEGER PRIMARY KEY);",
 ];
 
 /// Brings the schema up to date.
