@@ -269,8 +269,13 @@ fn load_prices(o: &ReportOpts) -> Result<PriceTable> {
 pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
     let prices = load_prices(&args.opts)?;
+    let t0 = std::time::Instant::now();
     let ledger = open_and_scan(args.opts.verbose, !args.opts.no_scan)?;
+    let t1 = std::time::Instant::now();
     let value = build(&ledger, &plan, &prices)?;
+    if std::env::var_os("TOKENLEDGER_TIMING").is_some() {
+        eprintln!("report: scan {:?}, build {:?}", t1 - t0, t1.elapsed());
+    }
     let mut out = std::io::stdout().lock();
     if plan.json {
         serde_json::to_writer_pretty(&mut out, &value)?;
@@ -284,9 +289,18 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
 
 /// Day of a half-hour start in the report's zone.
 fn day_of(tz: &TimeZone, hour_start: i64) -> Date {
-    Timestamp::from_second(hour_start)
-        .map(|t| t.to_zoned(tz.clone()).date())
-        .unwrap_or_default()
+    // Many buckets share a half hour; time-zone conversion is the costly part of a report.
+    thread_local! {
+        static MEMO: std::cell::RefCell<std::collections::HashMap<i64, Date>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    MEMO.with(|m| {
+        *m.borrow_mut().entry(hour_start).or_insert_with(|| {
+            Timestamp::from_second(hour_start)
+                .map(|t| t.to_zoned(tz.clone()).date())
+                .unwrap_or_default()
+        })
+    })
 }
 
 fn in_range(plan: &Plan, day: Date) -> bool {

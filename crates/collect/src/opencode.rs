@@ -6,7 +6,8 @@
 //! Stores, never both for the same data:
 //! - SQLite `opencode.db` / `opencode-<channel>.db` (v1.2+), opened read-only through a URI so
 //!   that the `-wal` file is honoured. Each database is one [`FoundFile`] with `whole = true`;
-//!   its cursor state holds a cheap change check (row counts and `max(time_updated)` of the
+//!   its cursor state holds the size and mtime of the database and its `-wal` file (checked
+//!   without opening it) and a change check (row counts and `max(time_updated)` of the
 //!   message tables), because a write that only reached the `-wal` file leaves the `.db` size and
 //!   mtime unchanged: the ledger therefore rescans, and [`OpenCodeCollector::scan`] returns at
 //!   once with no events when the check is unchanged.
@@ -457,6 +458,30 @@ fn legacy_session_dir(storage: &Path, session: &str) -> Option<String> {
 struct DbState {
     #[serde(default)]
     check: String,
+    /// Size and modification time of the database and its `-wal` file when `check` was taken:
+    /// every commit changes one of them, so equal stamps mean nothing to read, without opening
+    /// the database at all.
+    #[serde(default)]
+    stamps: String,
+}
+
+/// Size and mtime of `path` and of `path-wal`.
+fn file_stamps(path: &Path) -> String {
+    let stamp = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => {
+            let t = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{}:{t}", m.len())
+        }
+        Err(_) => "-".to_string(),
+    };
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    format!("{}/{}", stamp(path), stamp(Path::new(&wal)))
 }
 
 /// A `file:` URI for SQLite (`%`, `?` and `#` escaped), read-only.
@@ -477,16 +502,28 @@ fn sqlite_uri(path: &Path) -> String {
 fn scan_db(path: &Path, state: &str) -> FileScan {
     let prev: DbState = serde_json::from_str(state).unwrap_or_default();
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let stamps = file_stamps(path);
+    if !prev.check.is_empty() && prev.stamps == stamps {
+        return FileScan {
+            offset: size,
+            state: state.to_string(),
+            ..Default::default()
+        };
+    }
     match read_db(path, &prev) {
         Ok(None) => FileScan {
             offset: size,
-            state: state.to_string(),
+            state: serde_json::to_string(&DbState {
+                check: prev.check,
+                stamps,
+            })
+            .unwrap_or_default(),
             ..Default::default()
         },
         Ok(Some((events, skipped, check, read))) => FileScan {
             events,
             offset: size,
-            state: serde_json::to_string(&DbState { check }).unwrap_or_default(),
+            state: serde_json::to_string(&DbState { check, stamps }).unwrap_or_default(),
             skipped,
             bytes_read: read,
         },

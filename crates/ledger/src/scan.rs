@@ -63,7 +63,6 @@ struct Cursor {
     offset: u64,
     head_len: u64,
     head_hash: u64,
-    state: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,26 +136,34 @@ impl Ledger {
         progress: &dyn Progress,
     ) -> Result<ScanReport> {
         let mut report = ScanReport::default();
-        let cursors = load_cursors(&self.conn)?;
-
-        // Discover (collectors in parallel), then stat every file in parallel: a warm run is
-        // mostly file-system lookups.
-        let found: Vec<Vec<FoundFile>> = collectors.par_iter().map(|c| c.discover(env)).collect();
-        let mut seen: HashSet<u64> = HashSet::new();
-        let mut listed: Vec<(usize, FoundFile, u64)> = Vec::new();
-        for (ci, files) in found.into_iter().enumerate() {
-            for file in files {
-                let key = cursor_key(file.source.as_str(), &file.path.to_string_lossy());
-                if seen.insert(key) {
-                    listed.push((ci, file, key));
+        // Discover (collectors in parallel) and stat every file in parallel, while this
+        // thread loads the cursors: a warm run is mostly file-system lookups.
+        let conn = &self.conn;
+        let (cursors, (listed, stats)) = std::thread::scope(|s| {
+            let files = s.spawn(|| {
+                let found: Vec<Vec<FoundFile>> =
+                    collectors.par_iter().map(|c| c.discover(env)).collect();
+                let mut seen: HashSet<u64> = HashSet::new();
+                let mut listed: Vec<(usize, FoundFile, u64)> = Vec::new();
+                for (ci, files) in found.into_iter().enumerate() {
+                    for file in files {
+                        let key = cursor_key(file.source.as_str(), &file.path.to_string_lossy());
+                        if seen.insert(key) {
+                            listed.push((ci, file, key));
+                        }
+                    }
                 }
-            }
-        }
-        let stats: Vec<std::io::Result<Stat>> = listed
-            .par_iter()
-            .with_min_len(256)
-            .map(|(_, f, _)| stat_of(&f.path))
-            .collect();
+                let stats: Vec<std::io::Result<Stat>> = listed
+                    .par_iter()
+                    .with_min_len(256)
+                    .map(|(_, f, _)| stat_of(&f.path))
+                    .collect();
+                (listed, stats)
+            });
+            let cursors = load_cursors(conn);
+            (cursors, files.join().expect("discovery does not panic"))
+        });
+        let cursors = cursors?;
         let mut work: Vec<Work> = Vec::new();
         for ((ci, file, key), stat) in listed.into_iter().zip(stats) {
             {
@@ -180,7 +187,7 @@ impl Ledger {
                             same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
                         if file.whole {
                             if always_offer(file.source, &file) {
-                                (0, cur.state.clone())
+                                (0, load_state(&self.conn, &file)?)
                             } else if unchanged {
                                 continue;
                             } else {
@@ -197,7 +204,7 @@ impl Ledger {
                             // what was read before count once.
                             (0, String::new())
                         } else {
-                            (cur.offset, cur.state.clone())
+                            (cur.offset, load_state(&self.conn, &file)?)
                         }
                     }
                 };
@@ -273,10 +280,21 @@ fn cursor_key(source: &str, path: &str) -> u64 {
     tokenledger_collect::stable_hash(&[source.as_bytes(), path.as_bytes()])
 }
 
+/// The parser state of one file's cursor (read only for files that changed: most do not).
+fn load_state(conn: &Connection, file: &FoundFile) -> Result<String> {
+    Ok(conn
+        .prepare_cached("SELECT state FROM files WHERE source = ?1 AND path = ?2")?
+        .query_row(
+            params![file.source.as_str(), file.path.to_string_lossy()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
 fn load_cursors(conn: &Connection) -> Result<HashMap<u64, Cursor>> {
     let mut stmt = conn.prepare(
-        "SELECT source, path, dev, inode, size, mtime_ns, offset, head_len, head_hash, state
-         FROM files",
+        "SELECT source, path, dev, inode, size, mtime_ns, offset, head_len, head_hash FROM files",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -289,7 +307,6 @@ fn load_cursors(conn: &Connection) -> Result<HashMap<u64, Cursor>> {
                 offset: r.get::<_, i64>(6)? as u64,
                 head_len: r.get::<_, i64>(7)? as u64,
                 head_hash: r.get::<_, i64>(8)? as u64,
-                state: r.get(9)?,
             },
         ))
     })?;
@@ -515,16 +532,26 @@ fn mark_dirty(tx: &Transaction, w: &mut Writer) -> Result<()> {
 /// per flush would re-aggregate the same hours again and again.
 pub(crate) fn refresh_aggregates(tx: &Transaction) -> Result<()> {
     // Hours holding a replayed copy of an original written now.
+    let dirty: i64 = tx.query_row(
+        "SELECT (SELECT count(*) FROM dirty_hours) + (SELECT count(*) FROM dirty_groups)",
+        [],
+        |r| r.get(0),
+    )?;
+    if dirty == 0 {
+        return Ok(());
+    }
+    // CROSS JOIN keeps the (small) dirty set as the outer loop.
     tx.execute_batch(
         "INSERT OR IGNORE INTO dirty_hours (h)
-         SELECT e.hour_start FROM dirty_groups o JOIN entries e ON e.grp = o.g WHERE e.replay = 1;
+         SELECT e.hour_start FROM dirty_groups o CROSS JOIN entries e
+         WHERE e.grp = o.g AND e.replay = 1;
          DELETE FROM agg WHERE hour_start IN (SELECT h FROM dirty_hours);
          INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
                           reasoning, total)
          SELECT e.hour_start, e.source, e.model, e.dim, SUM(e.input), SUM(e.cached),
                 SUM(e.cache_creation), SUM(e.output), SUM(e.reasoning), SUM(e.total)
-         FROM entries e
-         WHERE e.hour_start IN (SELECT h FROM dirty_hours)
+         FROM dirty_hours d CROSS JOIN entries e
+         WHERE e.hour_start = d.h
            AND NOT (e.replay = 1 AND EXISTS (
                 SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
          GROUP BY e.hour_start, e.source, e.model, e.dim;
