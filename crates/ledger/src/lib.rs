@@ -110,7 +110,7 @@ impl Ledger {
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;
-             PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;",
+             PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;",
         )?;
         schema::migrate(&conn, path)?;
         Ok(Ledger {
