@@ -8,12 +8,10 @@
 //! `replay = isSidechain`; the ledger keeps the largest event per key and drops replays. The
 //! parser is stateless per line, so the cursor state is always empty.
 
-use crate::lines::for_each_line;
-use crate::{stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, Skipped, UsageEvent};
+use crate::{stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, UsageEvent};
 use memchr::memmem;
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -58,43 +56,8 @@ impl Collector for ClaudeCollector {
 
     fn scan(&self, file: &FoundFile, offset: u64, _state: &str) -> FileScan {
         let ctx = FileContext::new(&file.path);
-        let mut events: Vec<UsageEvent> = Vec::new();
         // Streamed blocks of one response share a key: keep only the largest within this scan.
-        let mut by_key: HashMap<u64, usize> = HashMap::new();
-        let mut skipped = Vec::new();
-        let mut bad: Vec<(u64, SkipReason)> = Vec::new();
-        let mut line_no: u64 = 0;
-        let (offset, bytes_read) = for_each_line(&file.path, offset, &mut skipped, |line| {
-            line_no += 1;
-            match parse_line(line, &ctx) {
-                Ok(Some(ev)) => match by_key.get(&ev.dedupe_key) {
-                    Some(&i) => {
-                        if ev.tokens.total_tokens > events[i].tokens.total_tokens {
-                            events[i] = ev;
-                        }
-                    }
-                    None => {
-                        by_key.insert(ev.dedupe_key, events.len());
-                        events.push(ev);
-                    }
-                },
-                Ok(None) => {}
-                Err(reason) => bad.push((line_no, reason)),
-            }
-        });
-        skipped.extend(bad.into_iter().map(|(line, reason)| Skipped {
-            path: file.path.clone(),
-            line,
-            reason,
-        }));
-        skipped.sort_by_key(|s| s.line);
-        FileScan {
-            events,
-            offset,
-            state: String::new(),
-            skipped,
-            bytes_read,
-        }
+        crate::lines::scan_stateless(&file.path, offset, |line| parse_line(line, &ctx))
     }
 }
 

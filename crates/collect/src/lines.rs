@@ -177,3 +177,49 @@ fn read_lines<R: Read>(
         f(line);
     }
 }
+
+/// Scans a file of self-contained usage lines (no state between lines) from `offset`: `parse`
+/// turns one line into an event, nothing, or a skip reason. Events sharing a dedupe key keep only
+/// the largest `total_tokens` within the scan (the ledger applies the same rule across scans).
+pub fn scan_stateless(
+    path: &Path,
+    offset: u64,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<crate::UsageEvent>, SkipReason>,
+) -> crate::FileScan {
+    let mut events: Vec<crate::UsageEvent> = Vec::new();
+    let mut by_key: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut skipped = Vec::new();
+    let mut bad: Vec<(u64, SkipReason)> = Vec::new();
+    let mut line_no: u64 = 0;
+    let (offset, bytes_read) = for_each_line(path, offset, &mut skipped, |line| {
+        line_no += 1;
+        match parse(line) {
+            Ok(Some(ev)) => match by_key.get(&ev.dedupe_key) {
+                Some(&i) => {
+                    if ev.tokens.total_tokens > events[i].tokens.total_tokens {
+                        events[i] = ev;
+                    }
+                }
+                None => {
+                    by_key.insert(ev.dedupe_key, events.len());
+                    events.push(ev);
+                }
+            },
+            Ok(None) => {}
+            Err(reason) => bad.push((line_no, reason)),
+        }
+    });
+    skipped.extend(bad.into_iter().map(|(line, reason)| Skipped {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    }));
+    skipped.sort_by_key(|s| s.line);
+    crate::FileScan {
+        events,
+        offset,
+        state: String::new(),
+        skipped,
+        bytes_read,
+    }
+}
