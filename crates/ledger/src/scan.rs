@@ -360,8 +360,11 @@ fn write_all(
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
+    let timing = std::env::var_os("TOKENLEDGER_TIMING").is_some();
+    let mut busy = std::time::Duration::ZERO;
     let mut tx = conn.transaction()?;
     for mut done in rx.into_iter().flatten() {
+        let t = std::time::Instant::now();
         report.files_read += 1;
         report.bytes_read += done.scan.bytes_read;
         report.skipped.append(&mut done.scan.skipped);
@@ -372,10 +375,21 @@ fn write_all(
             tx.commit()?;
             tx = conn.transaction()?;
         }
+        busy += t.elapsed();
     }
+    let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
+    let t_flush = t.elapsed();
     refresh_aggregates(&tx)?;
+    let t_refresh = t.elapsed();
     tx.commit()?;
+    if timing {
+        eprintln!(
+            "writer: busy {busy:?}, last flush {t_flush:?}, aggregates {:?}, commit {:?}",
+            t_refresh - t_flush,
+            t.elapsed() - t_refresh
+        );
+    }
     Ok(())
 }
 
@@ -538,6 +552,29 @@ pub(crate) fn refresh_aggregates(tx: &Transaction) -> Result<()> {
         |r| r.get(0),
     )?;
     if dirty == 0 {
+        return Ok(());
+    }
+    // When most of the ledger is dirty (a first scan), one sequential pass over every entry beats
+    // looking each dirty half hour up through the index.
+    let (hours_dirty, hours_all): (i64, i64) = tx.query_row(
+        "SELECT (SELECT count(*) FROM dirty_hours),
+                (SELECT count(*) FROM (SELECT DISTINCT hour_start FROM agg))",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if hours_dirty * 2 >= hours_all {
+        tx.execute_batch(
+            "DELETE FROM agg;
+             INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation,
+                              output, reasoning, total)
+             SELECT e.hour_start, e.source, e.model, e.dim, SUM(e.input), SUM(e.cached),
+                    SUM(e.cache_creation), SUM(e.output), SUM(e.reasoning), SUM(e.total)
+             FROM entries e NOT INDEXED
+             WHERE NOT (e.replay = 1 AND EXISTS (
+                    SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
+             GROUP BY e.hour_start, e.source, e.model, e.dim;
+             DELETE FROM dirty_hours; DELETE FROM dirty_groups;",
+        )?;
         return Ok(());
     }
     // CROSS JOIN keeps the (small) dirty set as the outer loop.
