@@ -192,3 +192,32 @@ fn buckets_are_half_hours() {
         .collect();
     assert_eq!(v, vec![(0, 3), (1800, 4)]);
 }
+
+#[test]
+fn small_changes_refresh_only_their_half_hours() {
+    let (dir, c, mut l) = setup();
+    // Ten half hours of history, so that one change takes the incremental path.
+    let mut s = String::new();
+    for h in 0..10 {
+        s.push_str(&format!("{} k{h} 10\n", h * 1800));
+    }
+    append(&dir.path().join("logs/a.log"), &s);
+    l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    assert_eq!(total(&l), 100);
+    // A replayed copy lands in hour 7 before its original (hour 2) is known...
+    append(&dir.path().join("logs/b.log"), "12600 k-rep 5 replay g9\n");
+    l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    assert_eq!(total(&l), 105);
+    // ...then the original arrives: the copy in hour 7 must drop out.
+    append(&dir.path().join("logs/a.log"), "3600 k-orig 5 orig g9\n");
+    l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    assert_eq!(total(&l), 105);
+    let b = l.buckets(&Filter::default()).unwrap();
+    let at = |h: i64| -> u64 {
+        b.iter()
+            .filter(|x| x.hour_start == h)
+            .map(|x| x.tokens.total_tokens)
+            .sum()
+    };
+    assert_eq!((at(3600), at(12600)), (15, 10));
+}
