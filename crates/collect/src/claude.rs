@@ -192,7 +192,10 @@ fn parse_line(line: &[u8], ctx: &FileContext) -> Result<Option<UsageEvent>, Skip
     // Most bytes are user/tool lines without usage: rule them out without parsing.
     let (usage_finder, assistant_finder) = finders();
     if usage_finder.find(line).is_none() || assistant_finder.find(line).is_none() {
-        return Ok(None);
+        return match crate::lines::malformed(line) {
+            Some(reason) => Err(reason),
+            None => Ok(None),
+        };
     }
     let text = std::str::from_utf8(line).map_err(|_| SkipReason::InvalidUtf8)?;
     let parsed: Line = serde_json::from_str(text).map_err(|e| {
@@ -308,8 +311,16 @@ mod tests {
 
     #[test]
     fn skips_lines_without_usage_before_parsing() {
-        // Invalid JSON, but no usage marker: not even parsed, so not counted as skipped.
-        assert_eq!(parse_line(b"{\"type\":\"user\" garbage", &ctx()), Ok(None));
+        // No usage marker: not parsed, only checked for the shape of a JSON object line.
+        assert_eq!(parse_line(b"{\"type\":\"user\",\"x\":1}", &ctx()), Ok(None));
+        assert_eq!(
+            parse_line(b"{\"type\":\"user\" garbage", &ctx()),
+            Err(SkipReason::InvalidJson)
+        );
+        assert_eq!(
+            parse_line(b"{\"t\":\"\xff\"}", &ctx()),
+            Err(SkipReason::InvalidUtf8)
+        );
         assert_eq!(
             parse_line(b"{\"type\":\"assistant\",\"usage\" garbage", &ctx()),
             Err(SkipReason::InvalidJson)

@@ -446,6 +446,9 @@ impl<'p> Parser<'p> {
             }
             None => {
                 if !NEEDLES.iter().any(|n| n.find(line).is_some()) {
+                    if let Some(reason) = crate::lines::malformed(line) {
+                        self.skip(out, reason);
+                    }
                     return;
                 }
                 None

@@ -223,3 +223,21 @@ pub fn scan_stateless(
         bytes_read,
     }
 }
+
+/// A cheap check for lines a prefilter would otherwise drop silently: a JSON object line must
+/// start with `{` and end with `}` and be UTF-8. Returns why the line is malformed, if it is.
+/// (Lines that pass may still be invalid JSON; those that look like usage are parsed in full.)
+pub fn malformed(line: &[u8]) -> Option<SkipReason> {
+    let t = line.trim_ascii();
+    if t.first() != Some(&b'{') || t.last() != Some(&b'}') {
+        return Some(if std::str::from_utf8(t).is_err() {
+            SkipReason::InvalidUtf8
+        } else {
+            SkipReason::InvalidJson
+        });
+    }
+    if !t.is_ascii() && std::str::from_utf8(t).is_err() {
+        return Some(SkipReason::InvalidUtf8);
+    }
+    None
+}

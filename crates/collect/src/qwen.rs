@@ -154,7 +154,10 @@ fn finders() -> &'static (memmem::Finder<'static>, memmem::Finder<'static>) {
 fn parse_line(line: &[u8], ctx: &FileContext) -> Result<Option<UsageEvent>, SkipReason> {
     let (usage_finder, assistant_finder) = finders();
     if usage_finder.find(line).is_none() || assistant_finder.find(line).is_none() {
-        return Ok(None);
+        return match crate::lines::malformed(line) {
+            Some(reason) => Err(reason),
+            None => Ok(None),
+        };
     }
     let text = std::str::from_utf8(line).map_err(|_| SkipReason::InvalidUtf8)?;
     let parsed: Line = serde_json::from_str(text).map_err(|e| {

@@ -590,7 +590,7 @@ fn invalid_json_utf8_and_wrong_types_are_skipped_and_counted() {
         .as_bytes(),
     );
     bytes.push(b'\n');
-    // 4: garbage without any usage marker: not a usage line, not counted.
+    // 4: garbage without any usage marker: not a JSON object line, counted.
     bytes.extend_from_slice(b"\xfe\xff not json at all\n");
     // 5: a usage line without a readable timestamp.
     bytes.extend_from_slice(
@@ -619,6 +619,7 @@ fn invalid_json_utf8_and_wrong_types_are_skipped_and_counted() {
             (1, SkipReason::InvalidJson),
             (2, SkipReason::InvalidUtf8),
             (3, SkipReason::BadFields),
+            (4, SkipReason::InvalidUtf8),
             (5, SkipReason::BadFields),
         ]
     );

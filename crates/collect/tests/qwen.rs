@@ -216,6 +216,7 @@ fn bad_lines_are_skipped_and_counted() {
             (1, SkipReason::InvalidJson),
             (2, SkipReason::InvalidUtf8),
             (3, SkipReason::BadFields),
+            (4, SkipReason::InvalidJson),
             (6, SkipReason::TornLastLine),
         ]
     );
