@@ -370,3 +370,30 @@ fn empty_machine_reports_nothing_and_succeeds() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("No usage"));
 }
+
+#[test]
+fn malformed_lines_are_counted_on_stderr_and_the_report_completes() {
+    let h = Home::new();
+    let p = h.claude(
+        "s1",
+        &[("2025-10-06T10:00:00Z", "claude-sonnet-4-5", "m1", 100, 20)],
+    );
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes.extend_from_slice(b"{bad\n\xff\xfe\n\n{\"type\":\"user\"}\n");
+    std::fs::write(&p, bytes).unwrap();
+    let out = h.run(&["report", "daily", "--json", "-z", "UTC"]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(totals(&v), 120);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("skipped 2 malformed line(s)"), "{err}");
+    assert!(
+        err.contains("1 invalid JSON") && err.contains("1 invalid UTF-8"),
+        "{err}"
+    );
+    // Lines are reported by the scan that reads them; a fresh ledger reads them again.
+    std::fs::remove_dir_all(h.path().join("tl")).unwrap();
+    let out = h.run(&["report", "daily", "--verbose", "-z", "UTC"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("s1.jsonl:2: invalid JSON"), "{err}");
+}
