@@ -332,6 +332,8 @@ const PENDING_LIMIT: usize = 250_000;
 struct Writer {
     /// Interned `(session, project)` ids by a hash of the pair.
     dims: HashMap<u64, i64>,
+    /// Whether `dims` holds every pair of the ledger.
+    dims_loaded: bool,
     models: Vec<String>,
     model_ids: HashMap<String, u32>,
     pending: Vec<Pending>,
@@ -349,6 +351,7 @@ fn write_all(
 ) -> Result<()> {
     let mut w = Writer {
         dims: HashMap::new(),
+        dims_loaded: false,
         models: Vec::new(),
         model_ids: HashMap::new(),
         pending: Vec::new(),
@@ -398,18 +401,24 @@ fn dim_id(tx: &Transaction, w: &mut Writer, session: &str, project: &str) -> Res
     if let Some(id) = w.dims.get(&key) {
         return Ok(*id);
     }
-    let id: Option<i64> = tx
-        .prepare_cached("SELECT id FROM dims WHERE session = ?1 AND project = ?2")?
-        .query_row(params![session, project], |r| r.get(0))
-        .optional()?;
-    let id = match id {
-        Some(id) => id,
-        None => {
-            tx.prepare_cached("INSERT INTO dims (session, project) VALUES (?1, ?2)")?
-                .execute(params![session, project])?;
-            tx.last_insert_rowid()
+    if !w.dims_loaded {
+        // First miss: load every known pair once, so that later misses are new pairs.
+        let mut st = tx.prepare("SELECT id, session, project FROM dims")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let session: String = r.get(1)?;
+            let project: String = r.get(2)?;
+            let k = tokenledger_collect::stable_hash(&[session.as_bytes(), project.as_bytes()]);
+            w.dims.insert(k, r.get(0)?);
         }
-    };
+        w.dims_loaded = true;
+        if let Some(id) = w.dims.get(&key) {
+            return Ok(*id);
+        }
+    }
+    tx.prepare_cached("INSERT INTO dims (session, project) VALUES (?1, ?2)")?
+        .execute(params![session, project])?;
+    let id = tx.last_insert_rowid();
     w.dims.insert(key, id);
     Ok(id)
 }
