@@ -463,7 +463,7 @@ impl<'p> Parser<'p> {
             None => match serde_json::from_str::<Head>(text) {
                 Ok(h) => Kind::of(h.kind.as_deref().unwrap_or("").as_bytes()),
                 Err(e) => {
-                    self.skip(out, reason_of(&e));
+                    self.skip(out, crate::lines::json_error(&e));
                     return;
                 }
             },
@@ -480,7 +480,7 @@ impl<'p> Parser<'p> {
             if e.is_data() && kind_is_incidental(kind, text) {
                 return;
             }
-            self.skip(out, reason_of(&e));
+            self.skip(out, crate::lines::json_error(&e));
         }
     }
 
@@ -780,14 +780,6 @@ fn kind_is_incidental(kind: Kind, text: &str) -> bool {
             p.kind.as_deref() != Some("token_count") && inner != Some("token_count")
         }
         _ => false,
-    }
-}
-
-fn reason_of(e: &serde_json::Error) -> SkipReason {
-    if e.is_data() {
-        SkipReason::BadFields
-    } else {
-        SkipReason::InvalidJson
     }
 }
 

@@ -310,14 +310,6 @@ fn count(v: Option<&Value>) -> Option<u64> {
     }
 }
 
-fn parse_error(bytes: &[u8]) -> SkipReason {
-    if std::str::from_utf8(bytes).is_err() {
-        SkipReason::InvalidUtf8
-    } else {
-        SkipReason::InvalidJson
-    }
-}
-
 fn scan_jsonl(path: &Path, offset: u64, state: &str) -> FileScan {
     let prev: State = serde_json::from_str(state).unwrap_or_default();
     let session = prev.session.unwrap_or_else(|| session_from_name(path));
@@ -328,7 +320,7 @@ fn scan_jsonl(path: &Path, offset: u64, state: &str) -> FileScan {
         line_no += 1;
         match serde_json::from_slice::<Value>(line) {
             Ok(v) => chat.record(&v, line_no),
-            Err(_) => chat.skip(line_no, parse_error(line)),
+            Err(_) => chat.skip(line_no, crate::lines::unparsable(line)),
         }
     });
     skipped.append(&mut chat.skipped);
@@ -385,7 +377,7 @@ fn scan_document(path: &Path) -> FileScan {
     let mut chat = Chat::new(path, session_from_name(path), None);
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(v) => chat.document(&v),
-        Err(_) => chat.skip(0, parse_error(&bytes)),
+        Err(_) => chat.skip(0, crate::lines::unparsable(&bytes)),
     }
     FileScan {
         events: chat.events,
@@ -408,7 +400,7 @@ pub fn parse_jsonl_bytes(path: &Path, bytes: &[u8]) -> (Vec<UsageEvent>, Vec<Ski
         line_no += 1;
         match serde_json::from_slice::<Value>(line) {
             Ok(v) => chat.record(&v, line_no),
-            Err(_) => chat.skip(line_no, parse_error(line)),
+            Err(_) => chat.skip(line_no, crate::lines::unparsable(line)),
         }
     }
     (chat.events, chat.skipped)
@@ -419,7 +411,7 @@ pub fn parse_document_bytes(path: &Path, bytes: &[u8]) -> (Vec<UsageEvent>, Vec<
     let mut chat = Chat::new(path, session_from_name(path), None);
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => chat.document(&v),
-        Err(_) => chat.skip(0, parse_error(bytes)),
+        Err(_) => chat.skip(0, crate::lines::unparsable(bytes)),
     }
     (chat.events, chat.skipped)
 }

@@ -224,17 +224,38 @@ pub fn scan_stateless(
     }
 }
 
+/// Why bytes that failed to parse as JSON were skipped: invalid UTF-8 or invalid JSON.
+pub fn unparsable(bytes: &[u8]) -> SkipReason {
+    if std::str::from_utf8(bytes).is_err() {
+        SkipReason::InvalidUtf8
+    } else {
+        SkipReason::InvalidJson
+    }
+}
+
+/// Why a serde error happened on UTF-8 text: fields of the wrong type, or invalid JSON.
+pub fn json_error(e: &serde_json::Error) -> SkipReason {
+    if e.is_data() {
+        SkipReason::BadFields
+    } else {
+        SkipReason::InvalidJson
+    }
+}
+
+/// Parses one JSON document (a line or a whole file), borrowing from it, with the skip reason
+/// of each way it can fail.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, SkipReason> {
+    let text = std::str::from_utf8(bytes).map_err(|_| SkipReason::InvalidUtf8)?;
+    serde_json::from_str(text).map_err(|e| json_error(&e))
+}
+
 /// A cheap check for lines a prefilter would otherwise drop silently: a JSON object line must
 /// start with `{` and end with `}` and be UTF-8. Returns why the line is malformed, if it is.
 /// (Lines that pass may still be invalid JSON; those that look like usage are parsed in full.)
 pub fn malformed(line: &[u8]) -> Option<SkipReason> {
     let t = line.trim_ascii();
     if t.first() != Some(&b'{') || t.last() != Some(&b'}') {
-        return Some(if std::str::from_utf8(t).is_err() {
-            SkipReason::InvalidUtf8
-        } else {
-            SkipReason::InvalidJson
-        });
+        return Some(unparsable(t));
     }
     if !t.is_ascii() && std::str::from_utf8(t).is_err() {
         return Some(SkipReason::InvalidUtf8);

@@ -141,13 +141,7 @@ fn str_field(v: &Value, name: &str) -> Option<String> {
 }
 
 fn parse_bytes(bytes: &[u8]) -> Result<Value, SkipReason> {
-    serde_json::from_slice(bytes).map_err(|_| {
-        if std::str::from_utf8(bytes).is_err() {
-            SkipReason::InvalidUtf8
-        } else {
-            SkipReason::InvalidJson
-        }
-    })
+    serde_json::from_slice(bytes).map_err(|_| crate::lines::unparsable(bytes))
 }
 
 /// Parses an OpenCode message JSON. Errors are the reason to skip it.

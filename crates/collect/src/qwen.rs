@@ -159,14 +159,7 @@ fn parse_line(line: &[u8], ctx: &FileContext) -> Result<Option<UsageEvent>, Skip
             None => Ok(None),
         };
     }
-    let text = std::str::from_utf8(line).map_err(|_| SkipReason::InvalidUtf8)?;
-    let parsed: Line = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
-            SkipReason::BadFields
-        } else {
-            SkipReason::InvalidJson
-        }
-    })?;
+    let parsed: Line = crate::lines::parse_json(line)?;
     if parsed.kind.as_deref() != Some("assistant") {
         return Ok(None);
     }
