@@ -81,6 +81,13 @@ struct Work {
     state: String,
 }
 
+impl Work {
+    /// Bytes left to read.
+    fn remaining(&self) -> u64 {
+        self.stat.size.saturating_sub(self.offset)
+    }
+}
+
 struct Done {
     file: FoundFile,
     stat: Stat,
@@ -166,67 +173,59 @@ impl Ledger {
         let cursors = cursors?;
         let mut work: Vec<Work> = Vec::new();
         for ((ci, file, key), stat) in listed.into_iter().zip(stats) {
-            {
-                report.files_seen += 1;
-                let stat = match stat {
-                    Ok(s) => s,
-                    Err(_) => {
-                        report.skipped.push(Skipped {
-                            path: file.path.clone(),
-                            line: 0,
-                            reason: SkipReason::Unreadable,
-                        });
-                        continue;
-                    }
-                };
-                let (offset, state) = match cursors.get(&key) {
-                    None => (0, String::new()),
-                    Some(cur) => {
-                        let same_identity = cur.dev == stat.dev && cur.inode == stat.inode;
-                        let unchanged =
-                            same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
-                        if file.whole {
-                            if always_offer(file.source, &file) {
-                                (0, load_state(&self.conn, &file)?)
-                            } else if unchanged {
-                                continue;
-                            } else {
-                                (0, String::new())
-                            }
+            report.files_seen += 1;
+            let stat = match stat {
+                Ok(s) => s,
+                Err(_) => {
+                    report.skipped.push(Skipped {
+                        path: file.path.clone(),
+                        line: 0,
+                        reason: SkipReason::Unreadable,
+                    });
+                    continue;
+                }
+            };
+            let (offset, state) = match cursors.get(&key) {
+                None => (0, String::new()),
+                Some(cur) => {
+                    let same_identity = cur.dev == stat.dev && cur.inode == stat.inode;
+                    let unchanged =
+                        same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
+                    if file.whole {
+                        if always_offer(file.source, &file) {
+                            (0, load_state(&self.conn, &file)?)
                         } else if unchanged {
                             continue;
-                        } else if !same_identity || stat.size < cur.offset {
-                            (0, String::new())
-                        } else if cur.head_len > 0
-                            && head_hash(&file.path, cur.head_len) != Some(cur.head_hash)
-                        {
-                            // Rewritten in place: read again from the start; dedupe keys make
-                            // what was read before count once.
-                            (0, String::new())
                         } else {
-                            (cur.offset, load_state(&self.conn, &file)?)
+                            (0, String::new())
                         }
+                    } else if unchanged {
+                        continue;
+                    } else if !same_identity || stat.size < cur.offset {
+                        (0, String::new())
+                    } else if cur.head_len > 0
+                        && head_hash(&file.path, cur.head_len) != Some(cur.head_hash)
+                    {
+                        // Rewritten in place: read again from the start; dedupe keys make
+                        // what was read before count once.
+                        (0, String::new())
+                    } else {
+                        (cur.offset, load_state(&self.conn, &file)?)
                     }
-                };
-                work.push(Work {
-                    collector: ci,
-                    file,
-                    stat,
-                    offset,
-                    state,
-                });
-            }
+                }
+            };
+            work.push(Work {
+                collector: ci,
+                file,
+                stat,
+                offset,
+                state,
+            });
         }
 
-        let total_bytes: u64 = work
-            .iter()
-            .map(|w| w.stat.size.saturating_sub(w.offset))
-            .sum();
+        let total_bytes: u64 = work.iter().map(Work::remaining).sum();
         // Big files first, so that the parallel readers finish together.
-        work.sort_by(|a, b| {
-            (b.stat.size - b.offset.min(b.stat.size))
-                .cmp(&(a.stat.size - a.offset.min(a.stat.size)))
-        });
+        work.sort_by_key(|w| std::cmp::Reverse(w.remaining()));
         if !work.is_empty() {
             progress.start(work.len() as u64, total_bytes);
         }
@@ -554,54 +553,46 @@ fn mark_dirty(tx: &Transaction, w: &mut Writer) -> Result<()> {
 /// copies whose original is known, and clears the dirty marks. Runs once per scan: refreshing
 /// per flush would re-aggregate the same hours again and again.
 pub(crate) fn refresh_aggregates(tx: &Transaction) -> Result<()> {
-    // Hours holding a replayed copy of an original written now.
-    let dirty: i64 = tx.query_row(
-        "SELECT (SELECT count(*) FROM dirty_hours) + (SELECT count(*) FROM dirty_groups)",
-        [],
-        |r| r.get(0),
-    )?;
-    if dirty == 0 {
-        return Ok(());
-    }
-    // When most of the ledger is dirty (a first scan), one sequential pass over every entry beats
-    // looking each dirty half hour up through the index.
-    let (hours_dirty, hours_all): (i64, i64) = tx.query_row(
-        "SELECT (SELECT count(*) FROM dirty_hours),
-                (SELECT count(*) FROM (SELECT DISTINCT hour_start FROM agg))",
+    let (hours_dirty, groups_dirty): (i64, i64) = tx.query_row(
+        "SELECT (SELECT count(*) FROM dirty_hours), (SELECT count(*) FROM dirty_groups)",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    if hours_dirty * 2 >= hours_all {
-        tx.execute_batch(
-            "DELETE FROM agg;
-             INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation,
-                              output, reasoning, total)
-             SELECT e.hour_start, e.source, e.model, e.dim, SUM(e.input), SUM(e.cached),
-                    SUM(e.cache_creation), SUM(e.output), SUM(e.reasoning), SUM(e.total)
-             FROM entries e NOT INDEXED
-             WHERE NOT (e.replay = 1 AND EXISTS (
-                    SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
-             GROUP BY e.hour_start, e.source, e.model, e.dim;
-             DELETE FROM dirty_hours; DELETE FROM dirty_groups;",
-        )?;
+    if hours_dirty + groups_dirty == 0 {
         return Ok(());
     }
-    // CROSS JOIN keeps the (small) dirty set as the outer loop.
-    tx.execute_batch(
-        "INSERT OR IGNORE INTO dirty_hours (h)
-         SELECT e.hour_start FROM dirty_groups o CROSS JOIN entries e
-         WHERE e.grp = o.g AND e.replay = 1;
-         DELETE FROM agg WHERE hour_start IN (SELECT h FROM dirty_hours);
+    let hours_all: i64 = tx.query_row(
+        "SELECT count(*) FROM (SELECT DISTINCT hour_start FROM agg)",
+        [],
+        |r| r.get(0),
+    )?;
+    // When most of the ledger is dirty (a first scan), one sequential pass over every entry beats
+    // looking each dirty half hour up through the index; otherwise the (small) dirty set drives
+    // the join (CROSS JOIN keeps it the outer loop), and the hours holding a replayed copy of an
+    // original written now are dirty too.
+    let (prelude, from, only_dirty) = if hours_dirty * 2 >= hours_all {
+        ("DELETE FROM agg;", "entries e NOT INDEXED", "")
+    } else {
+        (
+            "INSERT OR IGNORE INTO dirty_hours (h)
+             SELECT e.hour_start FROM dirty_groups o CROSS JOIN entries e
+             WHERE e.grp = o.g AND e.replay = 1;
+             DELETE FROM agg WHERE hour_start IN (SELECT h FROM dirty_hours);",
+            "dirty_hours d CROSS JOIN entries e",
+            "e.hour_start = d.h AND",
+        )
+    };
+    tx.execute_batch(&format!(
+        "{prelude}
          INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
                           reasoning, total)
          SELECT e.hour_start, e.source, e.model, e.dim, SUM(e.input), SUM(e.cached),
                 SUM(e.cache_creation), SUM(e.output), SUM(e.reasoning), SUM(e.total)
-         FROM dirty_hours d CROSS JOIN entries e
-         WHERE e.hour_start = d.h
-           AND NOT (e.replay = 1 AND EXISTS (
+         FROM {from}
+         WHERE {only_dirty} NOT (e.replay = 1 AND EXISTS (
                 SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
          GROUP BY e.hour_start, e.source, e.model, e.dim;
-         DELETE FROM dirty_hours; DELETE FROM dirty_groups;",
-    )?;
+         DELETE FROM dirty_hours; DELETE FROM dirty_groups;"
+    ))?;
     Ok(())
 }
