@@ -359,12 +359,20 @@ impl Costing<'_> {
     }
 }
 
+/// One report row as JSON, with its token totals and cost (summed into the report's totals).
+type Row = (Value, TokenCounts, f64);
+
+/// Prices `cells` and renders them as one row labelled `label_key: label`.
 fn row_json(
     label_key: &str,
     label: &str,
-    cells: &BTreeMap<(Source, String), Cell>,
+    cells: &mut Cells,
     breakdown: bool,
-) -> (Value, TokenCounts, f64) {
+    costing: &mut Costing,
+) -> Row {
+    for ((_, model), c) in cells.iter_mut() {
+        c.cost = costing.cost(model, &c.tokens);
+    }
     let mut m = Map::new();
     m.insert(label_key.to_string(), json!(label));
     let tokens: TokenCounts = cells.values().map(|c| c.tokens).sum();
@@ -373,7 +381,7 @@ fn row_json(
     m.insert("cost_usd".into(), json!(round_cost(cost)));
     if breakdown {
         let mut items = Vec::new();
-        for ((source, model), c) in cells {
+        for ((source, model), c) in cells.iter() {
             let mut b = Map::new();
             b.insert("source".into(), json!(source.as_str()));
             b.insert("model".into(), json!(model));
@@ -408,12 +416,9 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
         prices,
         unpriced: BTreeSet::new(),
     };
-    let mut rows_json = Vec::new();
-    let mut totals = TokenCounts::default();
-    let mut total_cost = 0.0;
-    match plan.kind {
+    let rows: Vec<Row> = match plan.kind {
         ReportKind::Daily | ReportKind::Weekly | ReportKind::Monthly => {
-            let mut rows: BTreeMap<String, BTreeMap<(Source, String), Cell>> = BTreeMap::new();
+            let mut rows: BTreeMap<String, Cells> = BTreeMap::new();
             for b in reassigned(ledger, plan)? {
                 let period = period_of(plan.kind, day_of(&plan.tz, b.key.hour_start));
                 let cell = rows
@@ -423,18 +428,14 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                     .or_default();
                 cell.tokens += b.tokens;
             }
-            for (period, mut cells) in rows {
-                for ((_, model), c) in cells.iter_mut() {
-                    c.cost = costing.cost(model, &c.tokens);
-                }
-                let (v, t, c) = row_json("period", &period, &cells, plan.breakdown);
-                totals += t;
-                total_cost += c;
-                rows_json.push(v);
-            }
+            rows.into_iter()
+                .map(|(period, mut cells)| {
+                    row_json("period", &period, &mut cells, plan.breakdown, &mut costing)
+                })
+                .collect()
         }
         ReportKind::Models => {
-            let mut rows: BTreeMap<String, BTreeMap<(Source, String), Cell>> = BTreeMap::new();
+            let mut rows: BTreeMap<String, Cells> = BTreeMap::new();
             for b in reassigned(ledger, plan)? {
                 let cell = rows
                     .entry(b.key.model.clone())
@@ -443,12 +444,10 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                     .or_default();
                 cell.tokens += b.tokens;
             }
-            let mut list: Vec<(Value, TokenCounts, f64)> = Vec::new();
+            let mut list: Vec<Row> = Vec::new();
             for (model, mut cells) in rows {
-                for ((_, m), c) in cells.iter_mut() {
-                    c.cost = costing.cost(m, &c.tokens);
-                }
-                let (mut v, t, c) = row_json("model", &model, &cells, plan.breakdown);
+                let (mut v, t, c) =
+                    row_json("model", &model, &mut cells, plan.breakdown, &mut costing);
                 let sources: BTreeSet<&str> = cells.keys().map(|(s, _)| s.as_str()).collect();
                 if let Value::Object(m) = &mut v {
                     m.remove("models");
@@ -458,11 +457,7 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
             }
             // Largest first: that is what people look for.
             list.sort_by_key(|x| std::cmp::Reverse(x.1.total_tokens));
-            for (v, t, c) in list {
-                totals += t;
-                total_cost += c;
-                rows_json.push(v);
-            }
+            list
         }
         ReportKind::Blocks => {
             let mut buckets = reassigned(ledger, plan)?;
@@ -486,12 +481,11 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                     .or_default()
                     .tokens += b.tokens;
             }
+            let mut list: Vec<Row> = Vec::new();
             for (start, mut cells, last) in blocks {
-                for ((_, model), c) in cells.iter_mut() {
-                    c.cost = costing.cost(model, &c.tokens);
-                }
                 let label = tokenledger_core::format_hour_start(start);
-                let (mut v, t, c) = row_json("start", &label, &cells, plan.breakdown);
+                let (mut v, t, c) =
+                    row_json("start", &label, &mut cells, plan.breakdown, &mut costing);
                 if let Value::Object(m) = &mut v {
                     m.insert(
                         "end".into(),
@@ -506,10 +500,9 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                         json!(now >= start && now < start + 5 * 3600),
                     );
                 }
-                totals += t;
-                total_cost += c;
-                rows_json.push(v);
+                list.push((v, t, c));
             }
+            list
         }
         ReportKind::Session => {
             let filter = Filter {
@@ -545,7 +538,7 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                     },
                     tokens: r.tokens,
                 }));
-                let mut cells: BTreeMap<(Source, String), Cell> = BTreeMap::new();
+                let mut cells: Cells = BTreeMap::new();
                 for b in buckets {
                     if !plan.models.is_empty() && !plan.models.contains(&b.key.model) {
                         continue;
@@ -555,10 +548,13 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
                 if cells.is_empty() {
                     continue;
                 }
-                for ((_, model), c) in cells.iter_mut() {
-                    c.cost = costing.cost(model, &c.tokens);
-                }
-                let (mut v, t, c) = row_json("session", &session, &cells, plan.breakdown);
+                let (mut v, t, c) = row_json(
+                    "session",
+                    &session,
+                    &mut cells,
+                    plan.breakdown,
+                    &mut costing,
+                );
                 if let Value::Object(m) = &mut v {
                     m.insert("source".into(), json!(source.as_str()));
                     m.insert("project".into(), json!(project));
@@ -575,13 +571,12 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
             }
             // Most recent last, like a log.
             list.sort_by_key(|x| x.0);
-            for (_, v, t, c) in list {
-                totals += t;
-                total_cost += c;
-                rows_json.push(v);
-            }
+            list.into_iter().map(|(_, v, t, c)| (v, t, c)).collect()
         }
-    }
+    };
+    let totals: TokenCounts = rows.iter().map(|r| r.1).sum();
+    let total_cost: f64 = rows.iter().map(|r| r.2).sum();
+    let rows_json: Vec<Value> = rows.into_iter().map(|r| r.0).collect();
     let mut top = Map::new();
     top.insert("report".into(), json!(plan.kind.name()));
     top.insert("timezone".into(), json!(plan.tz_name));
