@@ -6,6 +6,7 @@ use crate::{ApiError, AppState};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use tokenledger_store::{hash_token, Device, User, UserId};
 
 /// Prefix of user tokens.
@@ -13,9 +14,9 @@ pub const USER_TOKEN_PREFIX: &str = "tlu_";
 /// Prefix of device tokens.
 pub const DEVICE_TOKEN_PREFIX: &str = "tld_";
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
     let value = value
@@ -43,7 +44,7 @@ impl FromRequestParts<AppState> for UserAuth {
         if let Some(crate::dashboard::SessionUser(user)) = parts.extensions.get() {
             return Ok(UserAuth(user.clone()));
         }
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         match state.store().user_by_token_hash(&hash_token(token)).await? {
             Some(user) => Ok(UserAuth(user)),
             None => Err(ApiError::unauthorized("unknown user token")),
@@ -58,7 +59,7 @@ impl FromRequestParts<AppState> for DeviceAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         match state
             .store()
             .device_by_token_hash(&hash_token(token))
@@ -80,7 +81,7 @@ impl FromRequestParts<AppState> for ReaderAuth {
         if let Some(crate::dashboard::SessionUser(user)) = parts.extensions.get() {
             return Ok(ReaderAuth(user.id));
         }
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         let hash = hash_token(token);
         if !token.starts_with(DEVICE_TOKEN_PREFIX) {
             if let Some(user) = state.store().user_by_token_hash(&hash).await? {

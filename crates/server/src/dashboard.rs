@@ -300,6 +300,18 @@ async fn login_with_token(
     }
 }
 
+/// The user of a one-time login code (`tll_...`), which is used up; `None` for a malformed,
+/// unknown, expired or already used code.
+pub(crate) async fn redeem_login_code(
+    store: &dyn Store,
+    code: &str,
+) -> Result<Option<User>, StoreError> {
+    if !code.starts_with(LOGIN_CODE_PREFIX) || code.len() > 200 {
+        return Ok(None);
+    }
+    store.redeem_login_code(&hash_token(code), now_unix()).await
+}
+
 async fn login_with_code(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -311,14 +323,7 @@ async fn login_with_code(
             Some("This login link is invalid, expired or already used. Ask for a new one."),
         )
     };
-    if !code.starts_with(LOGIN_CODE_PREFIX) || code.len() > 200 {
-        return refused();
-    }
-    match state
-        .store()
-        .redeem_login_code(&hash_token(&code), now_unix())
-        .await
-    {
+    match redeem_login_code(state.store(), &code).await {
         Ok(Some(user)) => start_session(&state, &user, &headers).await,
         Ok(None) => refused(),
         Err(e) => ApiError::from(e).into_response(),

@@ -119,32 +119,16 @@ pub async fn create(
     ))
 }
 
-/// The user of a one-time login code (`tll_...` codes printed by
-/// `tokenledger admin login-link` or the first run) sent as the bearer token: `tokenledger login
-/// --code` registers a machine with it. The code is used up.
+/// The user of a one-time login code sent as the bearer token (`tokenledger login --code`
+/// registers a machine with a code printed by `tokenledger admin login-link` or the first run).
 async fn link_code_user(
     state: &AppState,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<tokenledger_store::User>, ApiError> {
-    let Some(code) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-    else {
+    let Ok(code) = crate::auth::bearer(headers) else {
         return Ok(None);
     };
-    if !code.starts_with(crate::dashboard::LOGIN_CODE_PREFIX) || code.len() > 200 {
-        return Ok(None);
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Ok(state
-        .store()
-        .redeem_login_code(&tokenledger_store::hash_token(code), now)
-        .await?)
+    Ok(crate::dashboard::redeem_login_code(state.store(), code).await?)
 }
 
 /// Lists the authenticated user's devices, revoked ones included.
