@@ -130,6 +130,7 @@ pub fn scan_bytes_as(source: Source, data: &[u8], file_name: &str) -> FileScan {
         state,
         skipped,
         bytes_read: data.len() as u64,
+        head: None,
     }
 }
 
@@ -242,7 +243,7 @@ fn scan_file(source: Source, file: &FoundFile, offset: u64, state: &str) -> File
     let mut parser = Parser::new(source, &file.path, st);
     let mut skipped = Vec::new();
     let mut line_skips = Vec::new();
-    let (new_offset, bytes_read) = lines::for_each_line(&file.path, offset, &mut skipped, |line| {
+    let read = lines::for_each_line(&file.path, offset, &mut skipped, |line| {
         parser.line(line, &mut line_skips)
     });
     skipped.extend(line_skips);
@@ -250,10 +251,11 @@ fn scan_file(source: Source, file: &FoundFile, offset: u64, state: &str) -> File
     let (events, state) = parser.finish();
     FileScan {
         events,
-        offset: new_offset,
+        offset: read.offset,
         state,
         skipped,
-        bytes_read,
+        bytes_read: read.read,
+        head: read.head,
     }
 }
 

@@ -316,7 +316,7 @@ fn scan_jsonl(path: &Path, offset: u64, state: &str) -> FileScan {
     let mut chat = Chat::new(path, session, prev.start);
     let mut skipped = Vec::new();
     let mut line_no = 0u64;
-    let (end, read) = crate::lines::for_each_line(path, offset, &mut skipped, |line| {
+    let read = crate::lines::for_each_line(path, offset, &mut skipped, |line| {
         line_no += 1;
         match serde_json::from_slice::<Value>(line) {
             Ok(v) => chat.record(&v, line_no),
@@ -331,10 +331,11 @@ fn scan_jsonl(path: &Path, offset: u64, state: &str) -> FileScan {
     };
     FileScan {
         events: chat.events,
-        offset: end,
+        offset: read.offset,
         state: serde_json::to_string(&state).unwrap_or_default(),
         skipped,
-        bytes_read: read,
+        bytes_read: read.read,
+        head: read.head,
     }
 }
 
@@ -385,6 +386,7 @@ fn scan_document(path: &Path) -> FileScan {
         state: String::new(),
         skipped: chat.skipped,
         bytes_read: bytes.len() as u64,
+        head: None,
     }
 }
 

@@ -103,6 +103,9 @@ pub struct FileScan {
     pub skipped: Vec<Skipped>,
     /// Bytes read in this scan.
     pub bytes_read: u64,
+    /// When the file was read from its start: the length and `lines::head_hash` of its first
+    /// bytes, so that a later scan can tell a file rewritten in place from one appended to.
+    pub head: Option<(u64, u64)>,
 }
 
 /// An agent's collector.

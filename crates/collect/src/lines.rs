@@ -3,179 +3,225 @@
 
 use crate::{SkipReason, Skipped};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Lines longer than this are skipped (they are read through, not kept whole).
 pub const MAX_LINE: usize = 64 * 1024 * 1024;
 
+/// How many bytes at the start of a file identify it: a rewrite in place changes them.
+pub const HEAD_LEN: u64 = 4096;
+
+/// Bytes read from the file per `read` call (and the size of each reader thread's buffer).
+const CHUNK: usize = 256 * 1024;
+
+/// The hash of a file's head bytes (see [`HEAD_LEN`]).
+pub fn head_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// What [`for_each_line`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinesRead {
+    /// Offset just past the last complete line.
+    pub offset: u64,
+    /// Bytes read from the file (or decompressed).
+    pub read: u64,
+    /// When a plain file was read from its start: the length and [`head_hash`] of its first
+    /// bytes (at most [`HEAD_LEN`], never past the last complete line).
+    pub head: Option<(u64, u64)>,
+}
+
+thread_local! {
+    /// Each reader thread keeps its line buffer (and zstd context) between files: allocating
+    /// them per file costs more than reading a small file.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn unreadable(skipped: &mut Vec<Skipped>, path: &Path) {
+    skipped.push(Skipped {
+        path: path.to_path_buf(),
+        line: 0,
+        reason: SkipReason::Unreadable,
+    });
+}
+
 /// Calls `f(line_bytes)` for each complete line of `path` from `offset` (the trailing `\n` and
-/// `\r` removed; empty lines are not passed). Returns the offset past the last complete line and
-/// the bytes read. A torn last line (no newline) is reported as skipped and not consumed.
-/// `.zst` files are decompressed as a stream and read whole (`offset` must be 0).
+/// `\r` removed; blank lines are not passed). A torn last line (no newline) is reported as
+/// skipped and not consumed. `.zst` files are decompressed as a stream and read whole (`offset`
+/// must be 0; the returned offset is then the compressed size).
 pub fn for_each_line(
     path: &Path,
     offset: u64,
     skipped: &mut Vec<Skipped>,
     mut f: impl FnMut(&[u8]),
-) -> (u64, u64) {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(_) => {
-            skipped.push(Skipped {
-                path: path.to_path_buf(),
-                line: 0,
-                reason: SkipReason::Unreadable,
-            });
-            return (offset, 0);
+) -> LinesRead {
+    let not_read = LinesRead {
+        offset,
+        ..LinesRead::default()
+    };
+    let Ok(mut file) = File::open(path) else {
+        unreadable(skipped, path);
+        return not_read;
+    };
+    let size = match file.metadata() {
+        Ok(m) if !m.is_dir() => m.len(),
+        _ => {
+            unreadable(skipped, path);
+            return not_read;
         }
     };
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(true) {
-        skipped.push(Skipped {
-            path: path.to_path_buf(),
-            line: 0,
-            reason: SkipReason::Unreadable,
-        });
-        return (offset, 0);
-    }
     let is_zst = path
         .file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.ends_with(".zst"));
     if is_zst {
-        let decoder = match zstd::stream::read::Decoder::new(file) {
-            Ok(d) => d,
-            Err(_) => {
-                skipped.push(Skipped {
-                    path: path.to_path_buf(),
-                    line: 0,
-                    reason: SkipReason::Unreadable,
-                });
-                return (0, 0);
-            }
-        };
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let (_, read, ok) = read_lines(
-            BufReader::with_capacity(256 * 1024, decoder),
-            path,
-            0,
-            skipped,
-            &mut f,
+        let mut ctx = DCTX
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_else(zstd::zstd_safe::DCtx::create);
+        // A stream that failed half way leaves the context mid-frame.
+        let _ = ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+        let decoder = zstd::stream::read::Decoder::with_context(
+            BufReader::with_capacity(32 * 1024, file),
+            &mut ctx,
         );
+        let (_, read, ok, _) = read_lines(decoder, path, false, skipped, &mut f);
+        DCTX.with(|c| *c.borrow_mut() = Some(ctx));
         if !ok {
-            skipped.push(Skipped {
-                path: path.to_path_buf(),
-                line: 0,
-                reason: SkipReason::Unreadable,
-            });
+            unreadable(skipped, path);
         }
-        return (size, read);
+        return LinesRead {
+            offset: size,
+            read,
+            head: None,
+        };
     }
-    let mut file = file;
     if offset > 0 && file.seek(SeekFrom::Start(offset)).is_err() {
-        return (offset, 0);
+        return not_read;
     }
-    let (consumed, read, _) = read_lines(
-        BufReader::with_capacity(256 * 1024, file),
-        path,
-        offset,
-        skipped,
-        &mut f,
-    );
-    (offset + consumed, read)
+    let (consumed, read, _, head) = read_lines(file, path, offset == 0, skipped, &mut f);
+    LinesRead {
+        offset: offset + consumed,
+        read,
+        head,
+    }
 }
 
-/// Returns (bytes consumed through the last newline, bytes read, whether the stream ended cleanly).
+/// Reads `r` to its end in chunks, passing each complete line to `f` straight from the buffer.
+/// Returns (bytes consumed through the last newline, bytes read, whether the stream ended
+/// cleanly, the head of what was consumed when `want_head`).
 fn read_lines<R: Read>(
-    mut r: BufReader<R>,
+    r: R,
     path: &Path,
-    _offset: u64,
+    want_head: bool,
     skipped: &mut Vec<Skipped>,
     f: &mut impl FnMut(&[u8]),
+) -> (u64, u64, bool, Option<(u64, u64)>) {
+    let mut buf = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    let mut head = [0u8; HEAD_LEN as usize];
+    let mut head_filled = if want_head { 0 } else { head.len() };
+    let res = read_into(r, &mut buf, path, skipped, f, &mut |bytes: &[u8]| {
+        let n = (head.len() - head_filled).min(bytes.len());
+        head[head_filled..head_filled + n].copy_from_slice(&bytes[..n]);
+        head_filled += n;
+    });
+    if buf.len() > 4 * CHUNK {
+        // A huge line grew the buffer: give the memory back.
+        buf.truncate(CHUNK);
+        buf.shrink_to_fit();
+    }
+    BUF.with(|b| *b.borrow_mut() = buf);
+    let (consumed, read, ok) = res;
+    let head = want_head.then(|| {
+        let len = consumed.min(head_filled as u64);
+        (len, head_hash(&head[..len as usize]))
+    });
+    (consumed, read, ok, head.filter(|(len, _)| *len > 0))
+}
+
+fn read_into<R: Read>(
+    mut r: R,
+    buf: &mut Vec<u8>,
+    path: &Path,
+    skipped: &mut Vec<Skipped>,
+    f: &mut impl FnMut(&[u8]),
+    on_read: &mut impl FnMut(&[u8]),
 ) -> (u64, u64, bool) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut consumed: u64 = 0;
     let mut read: u64 = 0;
     let mut line_no: u64 = 0;
+    // buf[start..end] holds bytes not yet consumed; no newline in buf[start..scan_from].
+    let (mut start, mut end, mut scan_from) = (0usize, 0usize, 0usize);
+    // Inside a line longer than MAX_LINE: its bytes so far were dropped (`dropped` of them).
+    let mut too_long = false;
+    let mut dropped: u64 = 0;
     loop {
-        buf.clear();
-        let mut too_long = false;
-        // Read one line, but stop keeping bytes past MAX_LINE.
-        let mut complete = false;
-        let mut line_len: u64 = 0;
-        loop {
-            let chunk = match r.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return (consumed, read, false),
-            };
-            if chunk.is_empty() {
-                break;
-            }
-            match memchr::memchr(b'\n', chunk) {
-                Some(i) => {
-                    if !too_long {
-                        if buf.len() + i > MAX_LINE {
-                            too_long = true;
-                            buf.clear();
-                        } else {
-                            buf.extend_from_slice(&chunk[..i]);
-                        }
-                    }
-                    line_len += i as u64 + 1;
-                    r.consume(i + 1);
-                    complete = true;
-                    break;
-                }
-                None => {
-                    let n = chunk.len();
-                    if !too_long {
-                        if buf.len() + n > MAX_LINE {
-                            too_long = true;
-                            buf.clear();
-                        } else {
-                            buf.extend_from_slice(chunk);
-                        }
-                    }
-                    line_len += n as u64;
-                    r.consume(n);
-                }
+        if end == buf.len() {
+            if start > 0 {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                scan_from -= start;
+                start = 0;
+            } else if !too_long && buf.len() <= MAX_LINE {
+                let grown = (buf.len() * 2).min(MAX_LINE + 1);
+                buf.resize(grown, 0);
+            } else {
+                // The line is longer than MAX_LINE: drop what is buffered and read through.
+                too_long = true;
+                dropped += end as u64;
+                end = 0;
+                scan_from = 0;
             }
         }
-        read += line_len;
-        if line_len == 0 {
-            return (consumed, read, true);
-        }
-        line_no += 1;
-        if !complete {
-            // Torn last line: not consumed, read again next time.
-            if !buf.iter().all(u8::is_ascii_whitespace) {
+        let n = match r.read(&mut buf[end..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return (consumed, read, false),
+        };
+        on_read(&buf[end..end + n]);
+        read += n as u64;
+        end += n;
+        while let Some(i) = memchr::memchr(b'\n', &buf[scan_from..end]) {
+            let nl = scan_from + i;
+            line_no += 1;
+            consumed += dropped + (nl + 1 - start) as u64;
+            if too_long {
                 skipped.push(Skipped {
                     path: path.to_path_buf(),
                     line: line_no,
-                    reason: SkipReason::TornLastLine,
+                    reason: SkipReason::TooLong,
                 });
+                too_long = false;
+                dropped = 0;
+            } else {
+                let mut line = &buf[start..nl];
+                if let Some(stripped) = line.strip_suffix(b"\r") {
+                    line = stripped;
+                }
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    f(line);
+                }
             }
-            return (consumed, read, true);
+            start = nl + 1;
+            scan_from = start;
         }
-        consumed += line_len;
-        if too_long {
-            skipped.push(Skipped {
-                path: path.to_path_buf(),
-                line: line_no,
-                reason: SkipReason::TooLong,
-            });
-            continue;
-        }
-        let mut line: &[u8] = &buf;
-        if let Some(stripped) = line.strip_suffix(b"\r") {
-            line = stripped;
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        f(line);
+        scan_from = end;
     }
+    // A torn last line is left for the next scan (a too-long one is not reported twice).
+    if !too_long && !buf[start..end].iter().all(u8::is_ascii_whitespace) {
+        skipped.push(Skipped {
+            path: path.to_path_buf(),
+            line: line_no + 1,
+            reason: SkipReason::TornLastLine,
+        });
+    }
+    (consumed, read, true)
 }
 
 /// Scans a file of self-contained usage lines (no state between lines) from `offset`: `parse`
@@ -191,7 +237,7 @@ pub fn scan_stateless(
     let mut skipped = Vec::new();
     let mut bad: Vec<(u64, SkipReason)> = Vec::new();
     let mut line_no: u64 = 0;
-    let (offset, bytes_read) = for_each_line(path, offset, &mut skipped, |line| {
+    let read = for_each_line(path, offset, &mut skipped, |line| {
         line_no += 1;
         match parse(line) {
             Ok(Some(ev)) => match by_key.get(&ev.dedupe_key) {
@@ -217,10 +263,11 @@ pub fn scan_stateless(
     skipped.sort_by_key(|s| s.line);
     crate::FileScan {
         events,
-        offset,
+        offset: read.offset,
         state: String::new(),
         skipped,
-        bytes_read,
+        bytes_read: read.read,
+        head: read.head,
     }
 }
 

@@ -520,6 +520,7 @@ fn scan_db(path: &Path, state: &str) -> FileScan {
             state: serde_json::to_string(&DbState { check, stamps }).unwrap_or_default(),
             skipped,
             bytes_read: read,
+            head: None,
         },
         Err(_) => FileScan {
             offset: 0,

@@ -10,8 +10,7 @@ use std::io::Read;
 use tokenledger_collect::{Collector, Env, FileScan, FoundFile, SkipReason, Skipped};
 use tokenledger_core::Source;
 
-/// How many bytes at the start of a file are hashed to notice a rewrite.
-const HEAD_LEN: u64 = 4096;
+use tokenledger_collect::lines::HEAD_LEN;
 /// Files written per transaction; a crash loses at most this much progress, never a token.
 const FILES_PER_COMMIT: usize = 16384;
 
@@ -79,6 +78,10 @@ struct Work {
     stat: Stat,
     offset: u64,
     state: String,
+    /// The head recorded in the cursor (length, hash), checked before an appended read.
+    head: (u64, u64),
+    /// Whether the ledger had a cursor for the file.
+    known: bool,
 }
 
 impl Work {
@@ -94,6 +97,8 @@ struct Done {
     scan: FileScan,
     head_len: u64,
     head_hash: u64,
+    /// Whether the ledger had a cursor for the file.
+    known: bool,
 }
 
 fn stat_of(path: &std::path::Path) -> std::io::Result<Stat> {
@@ -124,7 +129,7 @@ fn head_hash(path: &std::path::Path, len: u64) -> Option<u64> {
     let mut f = File::open(path).ok()?;
     let mut buf = vec![0u8; len as usize];
     f.read_exact(&mut buf).ok()?;
-    Some(xxhash_rust::xxh3::xxh3_64(&buf))
+    Some(tokenledger_collect::lines::head_hash(&buf))
 }
 
 /// Whether a collector's whole files must be offered to it even when unchanged on disk
@@ -185,6 +190,9 @@ impl Ledger {
                     continue;
                 }
             };
+            let known = cursors.get(&key);
+            let head = known.map_or((0, 0), |c| (c.head_len, c.head_hash));
+            let known = known.is_some();
             let (offset, state) = match cursors.get(&key) {
                 None => (0, String::new()),
                 Some(cur) => {
@@ -220,6 +228,8 @@ impl Ledger {
                 stat,
                 offset,
                 state,
+                head,
+                known,
             });
         }
 
@@ -247,6 +257,12 @@ impl Ledger {
                                 progress.advance(scan.bytes_read);
                                 let (head_len, head_hash) = if w.file.whole {
                                     (0, 0)
+                                } else if let Some(head) = scan.head {
+                                    // Read from the start: the collector hashed the head.
+                                    head
+                                } else if w.offset > 0 && w.head.0 == HEAD_LEN {
+                                    // Appended to: the full head was checked before reading.
+                                    w.head
                                 } else {
                                     let len = scan.offset.min(HEAD_LEN);
                                     match head_hash(&w.file.path, len) {
@@ -260,6 +276,7 @@ impl Ledger {
                                     scan,
                                     head_len,
                                     head_hash,
+                                    known: w.known,
                                 }
                             })
                             .collect();
@@ -341,6 +358,8 @@ struct Writer {
     /// Replay groups whose original was written in this transaction.
     originals: HashSet<i64>,
     now: i64,
+    /// Time spent per phase (with `TOKENLEDGER_TIMING`): buffer, entries, cursors, dirty marks.
+    phases: [std::time::Duration; 4],
 }
 
 fn write_all(
@@ -361,16 +380,20 @@ fn write_all(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
+        phases: Default::default(),
     };
     let timing = std::env::var_os("TOKENLEDGER_TIMING").is_some();
     let mut busy = std::time::Duration::ZERO;
+    let mut events = 0usize;
     let mut tx = conn.transaction()?;
     for mut done in rx.into_iter().flatten() {
         let t = std::time::Instant::now();
         report.files_read += 1;
         report.bytes_read += done.scan.bytes_read;
         report.skipped.append(&mut done.scan.skipped);
+        events += done.scan.events.len();
         buffer(&tx, &mut w, &mut done)?;
+        w.phases[0] += t.elapsed();
         w.files.push(done);
         if w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_COMMIT {
             flush(&tx, &mut w, report)?;
@@ -387,9 +410,13 @@ fn write_all(
     tx.commit()?;
     if timing {
         eprintln!(
-            "writer: busy {busy:?}, last flush {t_flush:?}, aggregates {:?}, commit {:?}",
+            "writer: {events} events, busy {busy:?}, last flush {t_flush:?}, aggregates {:?}, commit {:?}",
             t_refresh - t_flush,
             t.elapsed() - t_refresh
+        );
+        eprintln!(
+            "writer phases (buffer, entries, cursors, dirty): {:?}",
+            w.phases
         );
     }
     Ok(())
@@ -459,41 +486,62 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
     // Sort by key, largest total first within a key; keep the first of each key.
     pending.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.tokens[5].cmp(&a.tokens[5])));
     pending.dedup_by_key(|p| p.key);
+    let t0 = std::time::Instant::now();
     {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO entries (id, source, model, ts, hour_start, dim, input, cached,
-                                  cache_creation, output, reasoning, total, grp, replay)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-             ON CONFLICT (id) DO UPDATE SET
-                model = excluded.model, input = excluded.input, cached = excluded.cached,
-                cache_creation = excluded.cache_creation, output = excluded.output,
-                reasoning = excluded.reasoning, total = excluded.total
-             WHERE excluded.total > entries.total
+        // A plain insert, then a raise only where the key was there already: an upsert
+        // statement (`ON CONFLICT DO UPDATE`) makes SQLite keep a statement journal, copying
+        // every page it touches.
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO entries (id, source, model, ts, hour_start, dim, input,
+                                            cached, cache_creation, output, reasoning, total,
+                                            grp, replay)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?;
+        let mut raise = tx.prepare_cached(
+            "UPDATE entries SET model = ?2, input = ?3, cached = ?4, cache_creation = ?5,
+                                output = ?6, reasoning = ?7, total = ?8
+             WHERE id = ?1 AND total < ?8
              RETURNING hour_start",
         )?;
         for p in &pending {
             let t = &p.tokens;
-            let touched: Option<i64> = upsert
-                .query_row(
-                    params![
-                        p.key,
-                        p.source.as_str(),
-                        w.models[p.model as usize],
-                        p.ts,
-                        tokenledger_core::floor_half_hour(p.ts),
-                        p.dim,
-                        t[0] as i64,
-                        t[1] as i64,
-                        t[2] as i64,
-                        t[3] as i64,
-                        t[4] as i64,
-                        t[5] as i64,
-                        p.grp,
-                        p.replay as i64,
-                    ],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let model = &w.models[p.model as usize];
+            let hour = tokenledger_core::floor_half_hour(p.ts);
+            let inserted = insert.execute(params![
+                p.key,
+                p.source.as_str(),
+                model,
+                p.ts,
+                hour,
+                p.dim,
+                t[0] as i64,
+                t[1] as i64,
+                t[2] as i64,
+                t[3] as i64,
+                t[4] as i64,
+                t[5] as i64,
+                p.grp,
+                p.replay as i64,
+            ])? > 0;
+            let touched: Option<i64> = if inserted {
+                Some(hour)
+            } else {
+                raise
+                    .query_row(
+                        params![
+                            p.key,
+                            model,
+                            t[0] as i64,
+                            t[1] as i64,
+                            t[2] as i64,
+                            t[3] as i64,
+                            t[4] as i64,
+                            t[5] as i64,
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+            };
             if let Some(h) = touched {
                 report.entries_written += 1;
                 w.touched.insert(h);
@@ -505,21 +553,25 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
             }
         }
     }
+    w.phases[1] += t0.elapsed();
+    let t0 = std::time::Instant::now();
     {
-        let mut cursor = tx.prepare_cached(
-            "INSERT INTO files (source, path, dev, inode, size, mtime_ns, offset, head_len,
+        // Update, else insert (not an upsert statement: see the entries above).
+        let mut update = tx.prepare_cached(
+            "UPDATE files SET dev = ?3, inode = ?4, size = ?5, mtime_ns = ?6, offset = ?7,
+                              head_len = ?8, head_hash = ?9, state = ?10, last_scan = ?11
+             WHERE source = ?1 AND path = ?2",
+        )?;
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO files (source, path, dev, inode, size, mtime_ns, offset, head_len,
                                 head_hash, state, last_scan)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (source, path) DO UPDATE SET
-                dev = excluded.dev, inode = excluded.inode, size = excluded.size,
-                mtime_ns = excluded.mtime_ns, offset = excluded.offset,
-                head_len = excluded.head_len, head_hash = excluded.head_hash,
-                state = excluded.state, last_scan = excluded.last_scan",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for done in w.files.drain(..) {
-            cursor.execute(params![
+            let path = done.file.path.to_string_lossy();
+            let values = params![
                 done.file.source.as_str(),
-                done.file.path.to_string_lossy(),
+                path,
                 done.stat.dev as i64,
                 done.stat.inode as i64,
                 done.stat.size as i64,
@@ -529,10 +581,23 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
                 done.head_hash as i64,
                 done.scan.state,
                 w.now,
-            ])?;
+            ];
+            // New files are inserted first; the other statement runs only on a miss (another
+            // scan wrote the row meanwhile, or the file went away from the ledger).
+            if done.known {
+                if update.execute(values)? == 0 {
+                    insert.execute(values)?;
+                }
+            } else if insert.execute(values)? == 0 {
+                update.execute(values)?;
+            }
         }
     }
-    mark_dirty(tx, w)
+    w.phases[2] += t0.elapsed();
+    let t0 = std::time::Instant::now();
+    mark_dirty(tx, w)?;
+    w.phases[3] += t0.elapsed();
+    Ok(())
 }
 
 /// Records the half hours and replay groups this flush touched, in the flush's transaction, so

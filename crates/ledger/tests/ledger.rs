@@ -34,7 +34,7 @@ impl Collector for Fake {
     fn scan(&self, file: &FoundFile, offset: u64, _state: &str) -> FileScan {
         let mut scan = FileScan::default();
         let mut events = Vec::new();
-        let (off, read) = lines::for_each_line(&file.path, offset, &mut scan.skipped, |l| {
+        let read = lines::for_each_line(&file.path, offset, &mut scan.skipped, |l| {
             let s = std::str::from_utf8(l).unwrap();
             let f: Vec<&str> = s.split_whitespace().collect();
             let total: u64 = f[2].parse().unwrap();
@@ -53,8 +53,9 @@ impl Collector for Fake {
             });
         });
         scan.events = events;
-        scan.offset = off;
-        scan.bytes_read = read;
+        scan.offset = read.offset;
+        scan.bytes_read = read.read;
+        scan.head = read.head;
         scan
     }
 }
