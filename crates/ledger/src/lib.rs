@@ -108,6 +108,9 @@ impl Ledger {
             source,
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        // A new ledger gets 16 KiB pages: a first scan writes tens of megabytes, and fewer,
+        // larger pages mean fewer writes (the size is fixed once the first table exists).
+        conn.execute_batch("PRAGMA page_size=16384;")?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;
              PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;",
@@ -173,13 +176,13 @@ impl Ledger {
     /// and projects, before the unknown-model reassignment.
     pub fn half_hour_buckets(&self, filter: &Filter) -> Result<Vec<Bucket>> {
         let mut sql = String::from(
-            "SELECT source, model, hour_start, SUM(input), SUM(cached), SUM(cache_creation),
-                    SUM(output), SUM(reasoning), SUM(total)
-             FROM agg WHERE 1=1",
+            "SELECT source, model, hour_start, input, cached, cache_creation, output, reasoning,
+                    total
+             FROM agg_hour WHERE 1=1",
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         push_filter(filter, &mut sql, &mut args);
-        sql.push_str(" GROUP BY hour_start, source, model ORDER BY hour_start");
+        sql.push_str(" ORDER BY hour_start");
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
             Ok((
@@ -210,7 +213,7 @@ impl Ledger {
     /// Every file cursor, for `status`.
     pub fn files(&self) -> Result<Vec<FileCursor>> {
         let mut stmt = self.conn.prepare(
-            "SELECT path, source, size, offset, last_scan FROM files ORDER BY source, path",
+            "SELECT path, source, size, offset, last_scan FROM cursors ORDER BY source, path",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(FileCursor {
@@ -240,6 +243,11 @@ impl Ledger {
         )?;
         Ok(())
     }
+}
+
+/// The identity of a file's cursor: a hash of its source and path (the `cursors` key).
+pub(crate) fn cursor_key(source: &str, path: &str) -> i64 {
+    tokenledger_collect::stable_hash(&[source.as_bytes(), path.as_bytes()]) as i64
 }
 
 /// Reads six token columns starting at `first`.

@@ -11,8 +11,10 @@ use tokenledger_collect::{Collector, Env, FileScan, FoundFile, SkipReason, Skipp
 use tokenledger_core::Source;
 
 use tokenledger_collect::lines::HEAD_LEN;
-/// Files written per transaction; a crash loses at most this much progress, never a token.
-const FILES_PER_COMMIT: usize = 16384;
+/// Cursors buffered before they are written (memory bound).
+const FILES_PER_FLUSH: usize = 8192;
+/// How often a long scan commits: a crash loses at most this much progress, never a token.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Progress of a scan, for a progress bar.
 pub trait Progress: Sync {
@@ -73,6 +75,7 @@ struct Stat {
 }
 
 struct Work {
+    key: i64,
     collector: usize,
     file: FoundFile,
     stat: Stat,
@@ -89,16 +92,6 @@ impl Work {
     fn remaining(&self) -> u64 {
         self.stat.size.saturating_sub(self.offset)
     }
-}
-
-struct Done {
-    file: FoundFile,
-    stat: Stat,
-    scan: FileScan,
-    head_len: u64,
-    head_hash: u64,
-    /// Whether the ledger had a cursor for the file.
-    known: bool,
 }
 
 fn stat_of(path: &std::path::Path) -> std::io::Result<Stat> {
@@ -155,11 +148,12 @@ impl Ledger {
             let files = s.spawn(|| {
                 let found: Vec<Vec<FoundFile>> =
                     collectors.par_iter().map(|c| c.discover(env)).collect();
-                let mut seen: HashSet<u64> = HashSet::new();
-                let mut listed: Vec<(usize, FoundFile, u64)> = Vec::new();
+                let mut seen: HashSet<i64> = HashSet::new();
+                let mut listed: Vec<(usize, FoundFile, i64)> = Vec::new();
                 for (ci, files) in found.into_iter().enumerate() {
                     for file in files {
-                        let key = cursor_key(file.source.as_str(), &file.path.to_string_lossy());
+                        let key =
+                            crate::cursor_key(file.source.as_str(), &file.path.to_string_lossy());
                         if seen.insert(key) {
                             listed.push((ci, file, key));
                         }
@@ -201,7 +195,7 @@ impl Ledger {
                         same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
                     if file.whole {
                         if always_offer(file.source, &file) {
-                            (0, load_state(&self.conn, &file)?)
+                            (0, load_state(&self.conn, key)?)
                         } else if unchanged {
                             continue;
                         } else {
@@ -218,11 +212,12 @@ impl Ledger {
                         // what was read before count once.
                         (0, String::new())
                     } else {
-                        (cur.offset, load_state(&self.conn, &file)?)
+                        (cur.offset, load_state(&self.conn, key)?)
                     }
                 }
             };
             work.push(Work {
+                key,
                 collector: ci,
                 file,
                 stat,
@@ -240,7 +235,7 @@ impl Ledger {
             progress.start(work.len() as u64, total_bytes);
         }
 
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Done>>(32);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(32);
         let conn = &mut self.conn;
         let writer_result = std::thread::scope(|s| {
             s.spawn(move || {
@@ -249,37 +244,12 @@ impl Ledger {
                 work.into_par_iter()
                     .chunks(16)
                     .for_each_with(tx, |tx, chunk| {
-                        let batch: Vec<Done> = chunk
-                            .into_iter()
-                            .map(|w| {
-                                let scan =
-                                    collectors[w.collector].scan(&w.file, w.offset, &w.state);
-                                progress.advance(scan.bytes_read);
-                                let (head_len, head_hash) = if w.file.whole {
-                                    (0, 0)
-                                } else if let Some(head) = scan.head {
-                                    // Read from the start: the collector hashed the head.
-                                    head
-                                } else if w.offset > 0 && w.head.0 == HEAD_LEN {
-                                    // Appended to: the full head was checked before reading.
-                                    w.head
-                                } else {
-                                    let len = scan.offset.min(HEAD_LEN);
-                                    match head_hash(&w.file.path, len) {
-                                        Some(h) if len > 0 => (len, h),
-                                        _ => (0, 0),
-                                    }
-                                };
-                                Done {
-                                    file: w.file,
-                                    stat: w.stat,
-                                    scan,
-                                    head_len,
-                                    head_hash,
-                                    known: w.known,
-                                }
-                            })
-                            .collect();
+                        let mut batch = Batch::default();
+                        for w in chunk {
+                            let scan = collectors[w.collector].scan(&w.file, w.offset, &w.state);
+                            progress.advance(scan.bytes_read);
+                            batch.add(w, scan);
+                        }
                         let _ = tx.send(batch);
                     });
             });
@@ -291,42 +261,128 @@ impl Ledger {
     }
 }
 
-/// The identity of a file's cursor: its source and path, hashed (paths hash slowly).
-fn cursor_key(source: &str, path: &str) -> u64 {
-    tokenledger_collect::stable_hash(&[source.as_bytes(), path.as_bytes()])
-}
-
 /// The parser state of one file's cursor (read only for files that changed: most do not).
-fn load_state(conn: &Connection, file: &FoundFile) -> Result<String> {
+fn load_state(conn: &Connection, key: i64) -> Result<String> {
     Ok(conn
-        .prepare_cached("SELECT state FROM files WHERE source = ?1 AND path = ?2")?
-        .query_row(
-            params![file.source.as_str(), file.path.to_string_lossy()],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT state FROM cursor_state WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?
         .unwrap_or_default())
 }
 
-fn load_cursors(conn: &Connection) -> Result<HashMap<u64, Cursor>> {
+fn load_cursors(conn: &Connection) -> Result<HashMap<i64, Cursor>> {
     let mut stmt = conn.prepare(
-        "SELECT source, path, dev, inode, size, mtime_ns, offset, head_len, head_hash FROM files",
+        "SELECT key, dev, inode, size, mtime_ns, offset, head_len, head_hash FROM cursors",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
-            cursor_key(r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?),
+            r.get::<_, i64>(0)?,
             Cursor {
-                dev: r.get::<_, i64>(2)? as u64,
-                inode: r.get::<_, i64>(3)? as u64,
-                size: r.get::<_, i64>(4)? as u64,
-                mtime_ns: r.get(5)?,
-                offset: r.get::<_, i64>(6)? as u64,
-                head_len: r.get::<_, i64>(7)? as u64,
-                head_hash: r.get::<_, i64>(8)? as u64,
+                dev: r.get::<_, i64>(1)? as u64,
+                inode: r.get::<_, i64>(2)? as u64,
+                size: r.get::<_, i64>(3)? as u64,
+                mtime_ns: r.get(4)?,
+                offset: r.get::<_, i64>(5)? as u64,
+                head_len: r.get::<_, i64>(6)? as u64,
+                head_hash: r.get::<_, i64>(7)? as u64,
             },
         ))
     })?;
     Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
+}
+
+/// A file read by a worker: its new cursor.
+struct FileDone {
+    key: i64,
+    source: Source,
+    path: String,
+    stat: Stat,
+    offset: u64,
+    state: String,
+    head_len: u64,
+    head_hash: u64,
+    /// Whether the ledger had a cursor for the file.
+    known: bool,
+}
+
+/// What a worker hands the writer for a few files, in a compact form: the workers intern
+/// strings per batch so that the writer only maps small ids (and strings are freed by the
+/// thread that made them).
+#[derive(Default)]
+struct Batch {
+    files: Vec<FileDone>,
+    /// Events with `model` an index into `models` and `dim` a hash of (session, project).
+    events: Vec<Pending>,
+    /// The (session, project) pairs of `events` by hash.
+    dims: Vec<(i64, String, String)>,
+    models: Vec<String>,
+    skipped: Vec<Skipped>,
+    bytes_read: u64,
+}
+
+impl Batch {
+    fn add(&mut self, w: Work, mut scan: FileScan) {
+        let (head_len, head_hash) = if w.file.whole {
+            (0, 0)
+        } else if let Some(head) = scan.head {
+            // Read from the start: the collector hashed the head.
+            head
+        } else if w.offset > 0 && w.head.0 == HEAD_LEN {
+            // Appended to: the full head was checked before reading.
+            w.head
+        } else {
+            let len = scan.offset.min(HEAD_LEN);
+            match head_hash(&w.file.path, len) {
+                Some(h) if len > 0 => (len, h),
+                _ => (0, 0),
+            }
+        };
+        for e in scan.events.iter_mut() {
+            if e.tokens.is_zero() {
+                continue;
+            }
+            let dim =
+                tokenledger_collect::stable_hash(&[e.session.as_bytes(), e.project.as_bytes()])
+                    as i64;
+            if !self.dims.iter().rev().any(|d| d.0 == dim) {
+                self.dims.push((
+                    dim,
+                    std::mem::take(&mut e.session),
+                    std::mem::take(&mut e.project),
+                ));
+            }
+            let model = match self.models.iter().position(|m| *m == e.model) {
+                Some(i) => i,
+                None => {
+                    self.models.push(std::mem::take(&mut e.model));
+                    self.models.len() - 1
+                }
+            } as u32;
+            self.events.push(Pending {
+                key: e.dedupe_key as i64,
+                source: e.source,
+                model,
+                ts: e.ts,
+                dim,
+                tokens: e.tokens.as_array(),
+                grp: e.group.map(|g| g as i64),
+                replay: e.replay,
+            });
+        }
+        self.skipped.append(&mut scan.skipped);
+        self.bytes_read += scan.bytes_read;
+        self.files.push(FileDone {
+            key: w.key,
+            source: w.file.source,
+            path: w.file.path.to_string_lossy().into_owned(),
+            stat: w.stat,
+            offset: scan.offset,
+            state: scan.state,
+            head_len,
+            head_hash,
+            known: w.known,
+        });
+    }
 }
 
 /// One event waiting to be written, in a compact form.
@@ -347,13 +403,14 @@ const PENDING_LIMIT: usize = 250_000;
 
 struct Writer {
     /// Interned `(session, project)` ids by a hash of the pair.
-    dims: HashMap<u64, i64>,
+    dims: HashMap<i64, i64>,
     /// Whether `dims` holds every pair of the ledger.
     dims_loaded: bool,
     models: Vec<String>,
     model_ids: HashMap<String, u32>,
+    /// Events waiting for the next flush: `model` a global model id, `dim` a dims row id.
     pending: Vec<Pending>,
-    files: Vec<Done>,
+    files: Vec<FileDone>,
     touched: HashSet<i64>,
     /// Replay groups whose original was written in this transaction.
     originals: HashSet<i64>,
@@ -364,7 +421,7 @@ struct Writer {
 
 fn write_all(
     conn: &mut Connection,
-    rx: std::sync::mpsc::Receiver<Vec<Done>>,
+    rx: std::sync::mpsc::Receiver<Batch>,
     report: &mut ScanReport,
 ) -> Result<()> {
     let mut w = Writer {
@@ -386,19 +443,22 @@ fn write_all(
     let mut busy = std::time::Duration::ZERO;
     let mut events = 0usize;
     let mut tx = conn.transaction()?;
-    for mut done in rx.into_iter().flatten() {
+    let mut last_commit = std::time::Instant::now();
+    for mut batch in rx {
         let t = std::time::Instant::now();
-        report.files_read += 1;
-        report.bytes_read += done.scan.bytes_read;
-        report.skipped.append(&mut done.scan.skipped);
-        events += done.scan.events.len();
-        buffer(&tx, &mut w, &mut done)?;
+        report.files_read += batch.files.len() as u64;
+        report.bytes_read += batch.bytes_read;
+        report.skipped.append(&mut batch.skipped);
+        events += batch.events.len();
+        buffer(&tx, &mut w, batch)?;
         w.phases[0] += t.elapsed();
-        w.files.push(done);
-        if w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_COMMIT {
+        if w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_FLUSH {
             flush(&tx, &mut w, report)?;
-            tx.commit()?;
-            tx = conn.transaction()?;
+            if last_commit.elapsed() >= COMMIT_EVERY {
+                tx.commit()?;
+                tx = conn.transaction()?;
+                last_commit = std::time::Instant::now();
+            }
         }
         busy += t.elapsed();
     }
@@ -422,9 +482,15 @@ fn write_all(
     Ok(())
 }
 
-fn dim_id(tx: &Transaction, w: &mut Writer, session: &str, project: &str) -> Result<i64> {
-    let key = tokenledger_collect::stable_hash(&[session.as_bytes(), project.as_bytes()]);
-    if let Some(id) = w.dims.get(&key) {
+/// The dims row of a (session, project) pair, by the pair's hash; inserted when new.
+fn dim_id(
+    tx: &Transaction,
+    w: &mut Writer,
+    hash: i64,
+    session: &str,
+    project: &str,
+) -> Result<i64> {
+    if let Some(id) = w.dims.get(&hash) {
         return Ok(*id);
     }
     if !w.dims_loaded {
@@ -432,50 +498,47 @@ fn dim_id(tx: &Transaction, w: &mut Writer, session: &str, project: &str) -> Res
         let mut st = tx.prepare("SELECT id, session, project FROM dims")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            let session: String = r.get(1)?;
-            let project: String = r.get(2)?;
-            let k = tokenledger_collect::stable_hash(&[session.as_bytes(), project.as_bytes()]);
+            let s = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            let p = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+            let k = tokenledger_collect::stable_hash(&[s.as_bytes(), p.as_bytes()]) as i64;
             w.dims.insert(k, r.get(0)?);
         }
         w.dims_loaded = true;
-        if let Some(id) = w.dims.get(&key) {
+        if let Some(id) = w.dims.get(&hash) {
             return Ok(*id);
         }
     }
     tx.prepare_cached("INSERT INTO dims (session, project) VALUES (?1, ?2)")?
         .execute(params![session, project])?;
     let id = tx.last_insert_rowid();
-    w.dims.insert(key, id);
+    w.dims.insert(hash, id);
     Ok(id)
 }
 
-/// Moves a file's events into the pending buffer.
-fn buffer(tx: &Transaction, w: &mut Writer, done: &mut Done) -> Result<()> {
-    for e in std::mem::take(&mut done.scan.events) {
-        if e.tokens.is_zero() {
-            continue;
-        }
-        let dim = dim_id(tx, w, &e.session, &e.project)?;
-        let model = match w.model_ids.get(&e.model) {
+/// Moves a batch's events (with its ids mapped to the ledger's) and cursors into the buffers.
+fn buffer(tx: &Transaction, w: &mut Writer, batch: Batch) -> Result<()> {
+    for (hash, session, project) in &batch.dims {
+        dim_id(tx, w, *hash, session, project)?;
+    }
+    let models: Vec<u32> = batch
+        .models
+        .into_iter()
+        .map(|m| match w.model_ids.get(&m) {
             Some(id) => *id,
             None => {
                 let id = w.models.len() as u32;
-                w.model_ids.insert(e.model.clone(), id);
-                w.models.push(e.model);
+                w.model_ids.insert(m.clone(), id);
+                w.models.push(m);
                 id
             }
-        };
-        w.pending.push(Pending {
-            key: e.dedupe_key as i64,
-            source: e.source,
-            model,
-            ts: e.ts,
-            dim,
-            tokens: e.tokens.as_array(),
-            grp: e.group.map(|g| g as i64),
-            replay: e.replay,
-        });
+        })
+        .collect();
+    for mut p in batch.events {
+        p.model = models[p.model as usize];
+        p.dim = w.dims[&p.dim];
+        w.pending.push(p);
     }
+    w.files.extend(batch.files);
     Ok(())
 }
 
@@ -555,48 +618,82 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
     }
     w.phases[1] += t0.elapsed();
     let t0 = std::time::Instant::now();
-    {
-        // Update, else insert (not an upsert statement: see the entries above).
-        let mut update = tx.prepare_cached(
-            "UPDATE files SET dev = ?3, inode = ?4, size = ?5, mtime_ns = ?6, offset = ?7,
-                              head_len = ?8, head_hash = ?9, state = ?10, last_scan = ?11
-             WHERE source = ?1 AND path = ?2",
-        )?;
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO files (source, path, dev, inode, size, mtime_ns, offset, head_len,
-                                head_hash, state, last_scan)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        for done in w.files.drain(..) {
-            let path = done.file.path.to_string_lossy();
-            let values = params![
-                done.file.source.as_str(),
-                path,
-                done.stat.dev as i64,
-                done.stat.inode as i64,
-                done.stat.size as i64,
-                done.stat.mtime_ns,
-                done.scan.offset as i64,
-                done.head_len as i64,
-                done.head_hash as i64,
-                done.scan.state,
-                w.now,
-            ];
-            // New files are inserted first; the other statement runs only on a miss (another
-            // scan wrote the row meanwhile, or the file went away from the ledger).
-            if done.known {
-                if update.execute(values)? == 0 {
-                    insert.execute(values)?;
-                }
-            } else if insert.execute(values)? == 0 {
-                update.execute(values)?;
-            }
-        }
-    }
+    write_cursors(tx, w)?;
     w.phases[2] += t0.elapsed();
     let t0 = std::time::Instant::now();
     mark_dirty(tx, w)?;
     w.phases[3] += t0.elapsed();
+    Ok(())
+}
+
+/// Writes the cursors of the buffered files, in key order. Update-else-insert rather than an
+/// upsert statement (see the entries above); new files try the insert first.
+fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
+    let mut update = tx.prepare_cached(
+        "UPDATE cursors SET dev = ?2, inode = ?3, size = ?4, mtime_ns = ?5, offset = ?6,
+                            head_len = ?7, head_hash = ?8, last_scan = ?9
+         WHERE key = ?1",
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO cursors (key, dev, inode, size, mtime_ns, offset, head_len,
+                                        head_hash, last_scan, source, path)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut set_state = tx.prepare_cached("UPDATE cursor_state SET state = ?2 WHERE key = ?1")?;
+    let mut add_state =
+        tx.prepare_cached("INSERT OR IGNORE INTO cursor_state (key, state) VALUES (?1, ?2)")?;
+    let mut clear_state = tx.prepare_cached("DELETE FROM cursor_state WHERE key = ?1")?;
+    w.files.sort_unstable_by_key(|f| f.key);
+    for f in w.files.drain(..) {
+        let values = params![
+            f.key,
+            f.stat.dev as i64,
+            f.stat.inode as i64,
+            f.stat.size as i64,
+            f.stat.mtime_ns,
+            f.offset as i64,
+            f.head_len as i64,
+            f.head_hash as i64,
+            w.now,
+        ];
+        let inserted = !f.known
+            && insert.execute(params![
+                f.key,
+                f.stat.dev as i64,
+                f.stat.inode as i64,
+                f.stat.size as i64,
+                f.stat.mtime_ns,
+                f.offset as i64,
+                f.head_len as i64,
+                f.head_hash as i64,
+                w.now,
+                f.source.as_str(),
+                f.path,
+            ])? > 0;
+        if !inserted && update.execute(values)? == 0 {
+            // Known when the scan began, but gone since (nothing else deletes cursors).
+            insert.execute(params![
+                f.key,
+                f.stat.dev as i64,
+                f.stat.inode as i64,
+                f.stat.size as i64,
+                f.stat.mtime_ns,
+                f.offset as i64,
+                f.head_len as i64,
+                f.head_hash as i64,
+                w.now,
+                f.source.as_str(),
+                f.path,
+            ])?;
+        }
+        if !f.state.is_empty() {
+            if inserted || set_state.execute(params![f.key, f.state])? == 0 {
+                add_state.execute(params![f.key, f.state])?;
+            }
+        } else if f.known {
+            clear_state.execute([f.key])?;
+        }
+    }
     Ok(())
 }
 
@@ -631,22 +728,24 @@ pub(crate) fn refresh_aggregates(tx: &Transaction) -> Result<()> {
         [],
         |r| r.get(0),
     )?;
-    // When most of the ledger is dirty (a first scan), one sequential pass over every entry beats
-    // looking each dirty half hour up through the index; otherwise the (small) dirty set drives
-    // the join (CROSS JOIN keeps it the outer loop), and the hours holding a replayed copy of an
-    // original written now are dirty too.
-    let (prelude, from, only_dirty) = if hours_dirty * 2 >= hours_all {
-        ("DELETE FROM agg;", "entries e NOT INDEXED", "")
-    } else {
-        (
-            "INSERT OR IGNORE INTO dirty_hours (h)
-             SELECT e.hour_start FROM dirty_groups o CROSS JOIN entries e
-             WHERE e.grp = o.g AND e.replay = 1;
-             DELETE FROM agg WHERE hour_start IN (SELECT h FROM dirty_hours);",
-            "dirty_hours d CROSS JOIN entries e",
-            "e.hour_start = d.h AND",
-        )
-    };
+    // When most of the ledger is dirty (a first scan), one sequential pass over every entry
+    // beats looking each dirty half hour up through the index; otherwise the (small) dirty set
+    // drives the join (CROSS JOIN keeps it the outer loop), and the hours holding a replayed
+    // copy of an original written now are dirty too.
+    if hours_dirty * 2 >= hours_all {
+        return rebuild_aggregates(tx);
+    }
+    let (prelude, from, only_dirty, hours_from, hours_dirty) = (
+        "INSERT OR IGNORE INTO dirty_hours (h)
+         SELECT e.hour_start FROM dirty_groups o CROSS JOIN entries e
+         WHERE e.grp = o.g AND e.replay = 1;
+         DELETE FROM agg WHERE hour_start IN (SELECT h FROM dirty_hours);
+         DELETE FROM agg_hour WHERE hour_start IN (SELECT h FROM dirty_hours);",
+        "dirty_hours d CROSS JOIN entries e",
+        "e.hour_start = d.h AND",
+        "dirty_hours d CROSS JOIN agg a",
+        "WHERE a.hour_start = d.h",
+    );
     tx.execute_batch(&format!(
         "{prelude}
          INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
@@ -657,7 +756,106 @@ pub(crate) fn refresh_aggregates(tx: &Transaction) -> Result<()> {
          WHERE {only_dirty} NOT (e.replay = 1 AND EXISTS (
                 SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
          GROUP BY e.hour_start, e.source, e.model, e.dim;
+         INSERT INTO agg_hour (hour_start, source, model, input, cached, cache_creation, output,
+                               reasoning, total)
+         SELECT a.hour_start, a.source, a.model, SUM(a.input), SUM(a.cached),
+                SUM(a.cache_creation), SUM(a.output), SUM(a.reasoning), SUM(a.total)
+         FROM {hours_from} {hours_dirty}
+         GROUP BY a.hour_start, a.source, a.model;
          DELETE FROM dirty_hours; DELETE FROM dirty_groups;"
     ))?;
+    Ok(())
+}
+
+/// Recomputes every aggregate from the entries in one pass, in memory (the same rule as the
+/// SQL of [`refresh_aggregates`]: a replayed copy is left out when its group has an original).
+/// Memory is bounded by the number of aggregate rows and replay groups, not of entries.
+fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
+    let mut originals: HashSet<i64> = HashSet::new();
+    {
+        let mut st =
+            tx.prepare("SELECT grp FROM entries NOT INDEXED WHERE replay = 0 AND grp IS NOT NULL")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            originals.insert(r.get(0)?);
+        }
+    }
+    // Source and model names interned: (hour, source, model, dim) -> sums.
+    let mut names: Vec<String> = Vec::new();
+    let mut name_ids: HashMap<String, u32> = HashMap::new();
+    let mut intern = |s: &str| -> u32 {
+        if let Some(id) = name_ids.get(s) {
+            return *id;
+        }
+        names.push(s.to_string());
+        name_ids.insert(s.to_string(), (names.len() - 1) as u32);
+        (names.len() - 1) as u32
+    };
+    let mut sums: HashMap<(i64, u32, u32, i64), [i64; 6]> = HashMap::new();
+    {
+        let mut st = tx.prepare(
+            "SELECT hour_start, source, model, dim, input, cached, cache_creation, output,
+                    reasoning, total, grp, replay FROM entries NOT INDEXED",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            if r.get::<_, i64>(11)? != 0 {
+                if let Some(g) = r.get::<_, Option<i64>>(10)? {
+                    if originals.contains(&g) {
+                        continue;
+                    }
+                }
+            }
+            let text = |i: usize| -> rusqlite::Result<&str> {
+                r.get_ref(i)?.as_str().map_err(rusqlite::Error::from)
+            };
+            let key = (r.get(0)?, intern(text(1)?), intern(text(2)?), r.get(3)?);
+            let acc = sums.entry(key).or_insert([0; 6]);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = a.saturating_add(r.get::<_, i64>(4 + i)?);
+            }
+        }
+    }
+    // Written in primary-key order (text compares as bytes, as SQLite's BINARY collation).
+    let mut rows: Vec<((i64, u32, u32, i64), [i64; 6])> = sums.into_iter().collect();
+    rows.sort_unstable_by(|(a, _), (b, _)| {
+        (a.0, &names[a.1 as usize], &names[a.2 as usize], a.3).cmp(&(
+            b.0,
+            &names[b.1 as usize],
+            &names[b.2 as usize],
+            b.3,
+        ))
+    });
+    tx.execute_batch("DELETE FROM agg; DELETE FROM agg_hour;")?;
+    let mut agg = tx.prepare(
+        "INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
+                          reasoning, total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    let mut hour = tx.prepare(
+        "INSERT INTO agg_hour (hour_start, source, model, input, cached, cache_creation, output,
+                               reasoning, total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut i = 0;
+    while i < rows.len() {
+        // Rows of one (hour, source, model) are adjacent: their sum is one agg_hour row.
+        let (h, s, m, _) = rows[i].0;
+        let mut total = [0i64; 6];
+        while i < rows.len() && (rows[i].0 .0, rows[i].0 .1, rows[i].0 .2) == (h, s, m) {
+            let ((_, _, _, dim), t) = &rows[i];
+            let (source, model) = (&names[s as usize], &names[m as usize]);
+            agg.execute(params![
+                h, source, model, dim, t[0], t[1], t[2], t[3], t[4], t[5]
+            ])?;
+            for (a, v) in total.iter_mut().zip(t) {
+                *a = a.saturating_add(*v);
+            }
+            i += 1;
+        }
+        let (source, model) = (&names[s as usize], &names[m as usize]);
+        hour.execute(params![
+            h, source, model, total[0], total[1], total[2], total[3], total[4], total[5]
+        ])?;
+    }
+    tx.execute_batch("DELETE FROM dirty_hours; DELETE FROM dirty_groups;")?;
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The ledger's schema, versioned with `PRAGMA user_version`. Migrations are only ever added.
 
 use crate::{LedgerError, Result};
-use rusqlite::Connection;
+use rusqlite::{params, Connection, Transaction};
 use std::path::Path;
 
+/// The SQL of each version; [`after`] adds the steps SQL cannot do.
 const MIGRATIONS: &[&str] = &[
     // 1: cursors, entries, dimensions, aggregates.
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,7 +62,84 @@ const MIGRATIONS: &[&str] = &[
     // 2: half hours whose aggregates must be recomputed (kept across a crash mid-scan).
     "CREATE TABLE IF NOT EXISTS dirty_hours (h INTEGER PRIMARY KEY);
      CREATE TABLE IF NOT EXISTS dirty_groups (g INTEGER PRIMARY KEY);",
+    // 3: cursors keyed by a hash of (source, path), their parser state apart (most files have
+    // none), and half-hour totals per source and model for the reports that do not need the
+    // session dimension. `files` is copied over in `after`.
+    "CREATE TABLE cursors (
+        key INTEGER PRIMARY KEY,
+        dev INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        head_len INTEGER NOT NULL,
+        head_hash INTEGER NOT NULL,
+        last_scan INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        path TEXT NOT NULL
+     );
+     CREATE TABLE cursor_state (key INTEGER PRIMARY KEY, state TEXT NOT NULL);
+     CREATE TABLE agg_hour (
+        hour_start INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input INTEGER NOT NULL,
+        cached INTEGER NOT NULL,
+        cache_creation INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        reasoning INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        PRIMARY KEY (hour_start, source, model)
+     ) WITHOUT ROWID;
+     INSERT INTO agg_hour
+        SELECT hour_start, source, model, SUM(input), SUM(cached), SUM(cache_creation),
+               SUM(output), SUM(reasoning), SUM(total)
+        FROM agg GROUP BY hour_start, source, model;",
 ];
+
+/// Steps of a migration that run after its SQL, in the same transaction.
+fn after(version: usize, tx: &Transaction) -> rusqlite::Result<()> {
+    if version == 3 {
+        // The cursor key is a hash of (source, path): computed here, not in SQL.
+        let mut read = tx.prepare(
+            "SELECT source, path, dev, inode, size, mtime_ns, offset, head_len, head_hash,
+                    state, last_scan FROM files",
+        )?;
+        let mut cursor = tx.prepare(
+            "INSERT OR REPLACE INTO cursors (key, dev, inode, size, mtime_ns, offset, head_len,
+                                             head_hash, last_scan, source, path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        let mut state =
+            tx.prepare("INSERT OR REPLACE INTO cursor_state (key, state) VALUES (?1, ?2)")?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let source: String = r.get(0)?;
+            let path: String = r.get(1)?;
+            let key = crate::cursor_key(&source, &path);
+            cursor.execute(params![
+                key,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, i64>(10)?,
+                source,
+                path,
+            ])?;
+            let s: String = r.get(9)?;
+            if !s.is_empty() {
+                state.execute(params![key, s])?;
+            }
+        }
+        drop(rows);
+        tx.execute_batch("DROP TABLE files;")?;
+    }
+    Ok(())
+}
 
 /// Brings the schema up to date.
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<()> {
@@ -73,6 +151,7 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
+        after(i + 1, &tx)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }

@@ -222,3 +222,127 @@ fn small_changes_refresh_only_their_half_hours() {
     };
     assert_eq!((at(3600), at(12600)), (15, 10));
 }
+
+/// A ledger written by schema 2 (cursors in `files`, no `agg_hour`) opens with its cursors and
+/// totals intact: a re-run reads nothing, an append is read from the old offset.
+#[test]
+fn schema_2_ledger_migrates_cursors_and_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let f = dir.path().join("logs/a.log");
+    append(&f, "100 k1 10\n200 k2 20\n");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let md = std::fs::metadata(&f).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        let conn = rusqlite::Connection::open(home.join("ledger.db")).unwrap();
+        conn.execute_batch(SCHEMA_2).unwrap();
+        let mtime = md
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        conn.execute(
+            "INSERT INTO files VALUES ('claude', ?1, ?2, ?3, ?4, ?5, ?4, 0, 0, '{\"s\":1}', 7)",
+            rusqlite::params![
+                f.to_string_lossy(),
+                md.dev() as i64,
+                md.ino() as i64,
+                md.len() as i64,
+                mtime
+            ],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO dims VALUES (1, 'a.log', 'p');
+             INSERT INTO entries VALUES (11, 'claude', 'm', 100, 0, 1, 10, 0, 0, 0, 0, 10, NULL, 0);
+             INSERT INTO entries VALUES (12, 'claude', 'm', 200, 0, 1, 20, 0, 0, 0, 0, 20, NULL, 0);
+             INSERT INTO agg VALUES (0, 'claude', 'm', 1, 30, 0, 0, 0, 0, 30);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let c: Vec<Box<dyn Collector>> = vec![Box::new(Fake {
+        root: dir.path().join("logs"),
+    })];
+    let mut l = Ledger::open_in(&home).unwrap();
+    let files = l.files().unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!((files[0].size, files[0].offset), (md.len(), md.len()));
+    assert_eq!(total(&l), 30);
+    let hh = l.half_hour_buckets(&Filter::default()).unwrap();
+    assert_eq!(hh.len(), 1);
+    assert_eq!(hh[0].tokens.total_tokens, 30);
+    let r = l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    assert_eq!((r.files_read, r.bytes_read), (0, 0));
+    append(&f, "300 k3 5\n");
+    let r = l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    assert_eq!(r.bytes_read, "300 k3 5\n".len() as u64);
+    assert_eq!(total(&l), 35);
+    assert_eq!(
+        l.half_hour_buckets(&Filter::default()).unwrap()[0]
+            .tokens
+            .total_tokens,
+        35
+    );
+}
+
+/// The tables of schema versions 1 and 2, as they were written.
+const SCHEMA_2: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+   source TEXT NOT NULL,
+   path TEXT NOT NULL,
+   dev INTEGER NOT NULL,
+   inode INTEGER NOT NULL,
+   size INTEGER NOT NULL,
+   mtime_ns INTEGER NOT NULL,
+   offset INTEGER NOT NULL,
+   head_len INTEGER NOT NULL,
+   head_hash INTEGER NOT NULL,
+   state TEXT NOT NULL DEFAULT '',
+   last_scan INTEGER NOT NULL,
+   PRIMARY KEY (source, path)
+);
+CREATE TABLE IF NOT EXISTS dims (
+   id INTEGER PRIMARY KEY,
+   session TEXT NOT NULL,
+   project TEXT NOT NULL,
+   UNIQUE (session, project)
+);
+CREATE TABLE IF NOT EXISTS entries (
+   id INTEGER PRIMARY KEY,
+   source TEXT NOT NULL,
+   model TEXT NOT NULL,
+   ts INTEGER NOT NULL,
+   hour_start INTEGER NOT NULL,
+   dim INTEGER NOT NULL,
+   input INTEGER NOT NULL,
+   cached INTEGER NOT NULL,
+   cache_creation INTEGER NOT NULL,
+   output INTEGER NOT NULL,
+   reasoning INTEGER NOT NULL,
+   total INTEGER NOT NULL,
+   grp INTEGER,
+   replay INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS entries_hour ON entries (hour_start);
+CREATE INDEX IF NOT EXISTS entries_grp ON entries (grp) WHERE grp IS NOT NULL;
+CREATE TABLE IF NOT EXISTS agg (
+   hour_start INTEGER NOT NULL,
+   source TEXT NOT NULL,
+   model TEXT NOT NULL,
+   dim INTEGER NOT NULL,
+   input INTEGER NOT NULL,
+   cached INTEGER NOT NULL,
+   cache_creation INTEGER NOT NULL,
+   output INTEGER NOT NULL,
+   reasoning INTEGER NOT NULL,
+   total INTEGER NOT NULL,
+   PRIMARY KEY (hour_start, source, model, dim)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirty_hours (h INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS dirty_groups (g INTEGER PRIMARY KEY);
+";
