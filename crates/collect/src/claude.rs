@@ -8,7 +8,8 @@
 //! `replay = isSidechain`; the ledger keeps the largest event per key and drops replays. The
 //! parser is stateless per line, so the cursor state is always empty.
 
-use crate::{stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, UsageEvent};
+use crate::walk::Walk;
+use crate::{stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, UsageEvent};
 use memchr::memmem;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -32,8 +33,20 @@ impl Collector for ClaudeCollector {
     }
 
     fn discover(&self, env: &Env) -> Vec<FoundFile> {
+        self.discover_with_meta(env)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
         let mut files = Vec::new();
         let mut seen_roots: Vec<PathBuf> = Vec::new();
+        let walk = Walk {
+            max_depth: MAX_DEPTH,
+            accept: &|name| Path::new(name).extension().is_some_and(|e| e == "jsonl"),
+            links_to_files_only: true,
+        };
         for root in roots(env) {
             let projects = root.join("projects");
             // `~/.claude` is sometimes a link to `~/.config/claude`: walk each real root once.
@@ -42,13 +55,17 @@ impl Collector for ClaudeCollector {
                 continue;
             }
             seen_roots.push(real);
-            let mut found = Vec::new();
-            walk_jsonl(&projects, 0, &mut found);
-            found.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-            files.extend(found.into_iter().map(|path| FoundFile {
-                source: Source::Claude,
-                path,
-                whole: false,
+            let mut found = walk.run(&projects);
+            found.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+            files.extend(found.into_iter().map(|(path, meta)| {
+                (
+                    FoundFile {
+                        source: Source::Claude,
+                        path,
+                        whole: false,
+                    },
+                    meta,
+                )
             }));
         }
         files
@@ -69,35 +86,6 @@ fn roots(env: &Env) -> Vec<PathBuf> {
             env.home_join(".claude"),
         ]
     })
-}
-
-/// Collects regular `*.jsonl` files under `dir` (symlinked files followed, symlinked directories
-/// not, so a link cycle cannot trap the walk).
-fn walk_jsonl(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth > MAX_DEPTH {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let path = entry.path();
-        if kind.is_dir() {
-            walk_jsonl(&path, depth + 1, out);
-            continue;
-        }
-        let is_jsonl = path.extension().is_some_and(|e| e == "jsonl");
-        if !is_jsonl {
-            continue;
-        }
-        let is_file = kind.is_file() || (kind.is_symlink() && path.is_file());
-        if is_file {
-            out.push(path);
-        }
-    }
 }
 
 /// What a file's path says, used when a line lacks the field.

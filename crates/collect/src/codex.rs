@@ -38,7 +38,10 @@
 //! lines are deserialised (with borrowed structs); the bulk (`response_item`, `compacted`, …)
 //! is skipped after a few bytes.
 
-use crate::{lines, stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, Skipped};
+use crate::walk::Walk;
+use crate::{
+    lines, stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, Skipped,
+};
 use memchr::memmem;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -60,6 +63,10 @@ impl Collector for CodexCollector {
 
     /// Roots: `$CODEX_HOME` (comma-separated list allowed), else `~/.codex`.
     fn discover(&self, env: &Env) -> Vec<FoundFile> {
+        without_meta(self.discover_with_meta(env))
+    }
+
+    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
         let roots = env
             .dir_list("CODEX_HOME")
             .unwrap_or_else(|| vec![env.home_join(".codex")]);
@@ -78,6 +85,10 @@ impl Collector for EveryCodeCollector {
 
     /// Roots: `$CODE_HOME`, else `$CODEX_HOME`, else `~/.code` (lists allowed).
     fn discover(&self, env: &Env) -> Vec<FoundFile> {
+        without_meta(self.discover_with_meta(env))
+    }
+
+    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
         let roots = env
             .dir_list("CODE_HOME")
             .or_else(|| env.dir_list("CODEX_HOME"))
@@ -88,6 +99,10 @@ impl Collector for EveryCodeCollector {
     fn scan(&self, file: &FoundFile, offset: u64, state: &str) -> FileScan {
         scan_file(Source::EveryCode, file, offset, state)
     }
+}
+
+fn without_meta(files: Vec<(FoundFile, Option<FileMeta>)>) -> Vec<FoundFile> {
+    files.into_iter().map(|(f, _)| f).collect()
 }
 
 /// Parses an in-memory Codex rollout named `file_name` (the name supplies the rollout id) as a
@@ -137,57 +152,42 @@ pub fn scan_bytes_as(source: Source, data: &[u8], file_name: &str) -> FileScan {
 // ---------------------------------------------------------------------------------------------
 // Discovery
 
-fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<FoundFile> {
+fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<(FoundFile, Option<FileMeta>)> {
+    let accept = |name: &std::ffi::OsStr| is_rollout_name(Path::new(name));
     let mut paths = Vec::new();
     for root in roots {
-        walk(&root.join("sessions"), 0, &mut paths);
-        // Archived rollouts live in one flat folder.
-        list_rollouts(&root.join("archived_sessions"), &mut paths);
+        // `sessions/YYYY/MM/DD/`; archived rollouts live in one flat folder.
+        for (dir, max_depth) in [
+            (root.join("sessions"), MAX_DEPTH),
+            (root.join("archived_sessions"), 0),
+        ] {
+            let walk = Walk {
+                max_depth,
+                accept: &accept,
+                links_to_files_only: false,
+            };
+            paths.extend(walk.run(&dir));
+        }
     }
-    paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-    paths.dedup();
+    paths.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+    paths.dedup_by(|a, b| a.0 == b.0);
     paths
         .into_iter()
-        .map(|path| FoundFile {
-            source,
-            whole: is_zst(&path),
-            path,
+        .map(|(path, meta)| {
+            (
+                FoundFile {
+                    source,
+                    whole: is_zst(&path),
+                    path,
+                },
+                meta,
+            )
         })
         .collect()
 }
 
 /// Deep enough for `YYYY/MM/DD`, and a bound against pathological trees.
 const MAX_DEPTH: usize = 6;
-
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        // `DirEntry::file_type` does not follow symlinks, so link loops cannot recurse.
-        let Ok(ft) = entry.file_type() else { continue };
-        let path = entry.path();
-        if ft.is_dir() {
-            if depth < MAX_DEPTH {
-                walk(&path, depth + 1, out);
-            }
-        } else if is_rollout_name(&path) {
-            out.push(path);
-        }
-    }
-}
-
-fn list_rollouts(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if is_rollout_name(&path) && !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.push(path);
-        }
-    }
-}
 
 fn is_rollout_name(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {

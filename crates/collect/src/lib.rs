@@ -9,6 +9,7 @@
 
 pub mod env;
 pub mod lines;
+mod walk;
 
 pub mod claude;
 pub mod codex;
@@ -92,6 +93,44 @@ pub struct FoundFile {
     pub whole: bool,
 }
 
+/// What the ledger compares to notice that a file changed: identity, size, modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileMeta {
+    pub fn of(md: &std::fs::Metadata) -> FileMeta {
+        #[cfg(unix)]
+        let (dev, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (md.dev(), md.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, inode) = (0u64, 0u64);
+        let mtime_ns = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        FileMeta {
+            dev,
+            inode,
+            size: md.len(),
+            mtime_ns,
+        }
+    }
+
+    /// The metadata of `path` (symlinks followed).
+    pub fn read(path: &std::path::Path) -> std::io::Result<FileMeta> {
+        std::fs::metadata(path).map(|m| FileMeta::of(&m))
+    }
+}
+
 /// The result of scanning one file from an offset.
 #[derive(Debug, Clone, Default)]
 pub struct FileScan {
@@ -113,6 +152,11 @@ pub trait Collector: Send + Sync {
     fn source(&self) -> Source;
     /// Finds this agent's files under the roots the environment names.
     fn discover(&self, env: &Env) -> Vec<FoundFile>;
+    /// [`Collector::discover`], with the metadata of each file where the walk got it for free
+    /// (`None`: the caller reads it).
+    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
+        self.discover(env).into_iter().map(|f| (f, None)).collect()
+    }
     /// Reads `file` from `offset` (0 for a new, rewritten or truncated file), continuing from
     /// `state` (what the previous scan returned, or empty). Never panics on any input; a file
     /// that cannot be read yields a `Skipped` with [`SkipReason::Unreadable`].

@@ -123,35 +123,29 @@ fn read_lines<R: Read>(
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
-    let mut head = [0u8; HEAD_LEN as usize];
-    let mut head_filled = if want_head { 0 } else { head.len() };
-    let res = read_into(r, &mut buf, path, skipped, f, &mut |bytes: &[u8]| {
-        let n = (head.len() - head_filled).min(bytes.len());
-        head[head_filled..head_filled + n].copy_from_slice(&bytes[..n]);
-        head_filled += n;
-    });
+    let res = read_into(r, &mut buf, path, skipped, f, want_head);
     if buf.len() > 4 * CHUNK {
         // A huge line grew the buffer: give the memory back.
         buf.truncate(CHUNK);
         buf.shrink_to_fit();
     }
     BUF.with(|b| *b.borrow_mut() = buf);
-    let (consumed, read, ok) = res;
-    let head = want_head.then(|| {
-        let len = consumed.min(head_filled as u64);
-        (len, head_hash(&head[..len as usize]))
-    });
-    (consumed, read, ok, head.filter(|(len, _)| *len > 0))
+    res
 }
 
+/// The loop of [`read_lines`], on the thread's buffer.
 fn read_into<R: Read>(
     mut r: R,
     buf: &mut Vec<u8>,
     path: &Path,
     skipped: &mut Vec<Skipped>,
     f: &mut impl FnMut(&[u8]),
-    on_read: &mut impl FnMut(&[u8]),
-) -> (u64, u64, bool) {
+    want_head: bool,
+) -> (u64, u64, bool, Option<(u64, u64)>) {
+    // The head is hashed in place: until the buffer is first compacted, it starts with the
+    // first bytes read.
+    let mut compacted = false;
+    let mut full_head: Option<u64> = None;
     let mut consumed: u64 = 0;
     let mut read: u64 = 0;
     let mut line_no: u64 = 0;
@@ -163,6 +157,7 @@ fn read_into<R: Read>(
     loop {
         if end == buf.len() {
             if start > 0 {
+                compacted = true;
                 buf.copy_within(start..end, 0);
                 end -= start;
                 scan_from -= start;
@@ -172,6 +167,7 @@ fn read_into<R: Read>(
                 buf.resize(grown, 0);
             } else {
                 // The line is longer than MAX_LINE: drop what is buffered and read through.
+                compacted = true;
                 too_long = true;
                 dropped += end as u64;
                 end = 0;
@@ -182,11 +178,13 @@ fn read_into<R: Read>(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return (consumed, read, false),
+            Err(_) => return (consumed, read, false, None),
         };
-        on_read(&buf[end..end + n]);
         read += n as u64;
         end += n;
+        if want_head && full_head.is_none() && !compacted && read >= HEAD_LEN {
+            full_head = Some(head_hash(&buf[..HEAD_LEN as usize]));
+        }
         while let Some(i) = memchr::memchr(b'\n', &buf[scan_from..end]) {
             let nl = scan_from + i;
             line_no += 1;
@@ -221,7 +219,16 @@ fn read_into<R: Read>(
             reason: SkipReason::TornLastLine,
         });
     }
-    (consumed, read, true)
+    let head = if !want_head || consumed == 0 {
+        None
+    } else if consumed >= HEAD_LEN {
+        full_head.map(|h| (HEAD_LEN, h))
+    } else if !compacted {
+        Some((consumed, head_hash(&buf[..consumed as usize])))
+    } else {
+        None
+    };
+    (consumed, read, true, head)
 }
 
 /// Scans a file of self-contained usage lines (no state between lines) from `offset`: `parse`

