@@ -12,7 +12,7 @@ use tokenledger_core::Source;
 
 use tokenledger_collect::lines::HEAD_LEN;
 /// Cursors buffered before they are written (memory bound).
-const FILES_PER_FLUSH: usize = 8192;
+const FILES_PER_FLUSH: usize = 4096;
 /// How often a long scan commits: a crash loses at most this much progress, never a token.
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -394,7 +394,12 @@ impl Batch {
         self.files.push(FileDone {
             key: w.key,
             source: w.file.source,
-            path: w.file.path.to_string_lossy().into_owned(),
+            path: w
+                .file
+                .path
+                .into_os_string()
+                .into_string()
+                .unwrap_or_else(|p| p.to_string_lossy().into_owned()),
             // Planned files always have metadata; a zero one would only make the next scan
             // read the file again (what it holds counts once).
             stat: w.stat.unwrap_or(FileMeta {
@@ -426,7 +431,7 @@ struct Pending {
 
 /// Events are buffered, sorted by key and deduplicated in memory before they reach SQLite:
 /// sorted upserts touch each B-tree page once instead of at random.
-const PENDING_LIMIT: usize = 250_000;
+const PENDING_LIMIT: usize = 100_000;
 
 /// How many replay groups with an original a scan remembers (memory bound); past that, the
 /// ledger is asked.
