@@ -66,14 +66,12 @@ struct Cursor {
     head_hash: u64,
 }
 
-type Stat = FileMeta;
-
 struct Work {
     key: i64,
     collector: usize,
     file: FoundFile,
     /// `None` when the file's metadata cannot be read.
-    stat: Option<Stat>,
+    stat: Option<FileMeta>,
     offset: u64,
     state: String,
     /// The head recorded in the cursor (length, hash), checked before an appended read.
@@ -316,7 +314,7 @@ struct FileDone {
     key: i64,
     source: Source,
     path: String,
-    stat: Stat,
+    stat: FileMeta,
     offset: u64,
     state: String,
     head_len: u64,
@@ -430,7 +428,7 @@ struct Pending {
 }
 
 /// Events are buffered, sorted by key and deduplicated in memory before they reach SQLite:
-/// sorted upserts touch each B-tree page once instead of at random.
+/// sorted inserts touch each B-tree page once instead of at random.
 const PENDING_LIMIT: usize = 100_000;
 
 /// How many replay groups with an original a scan remembers (memory bound); past that, the
@@ -962,8 +960,9 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
     Ok(())
 }
 
-/// Recomputes every aggregate from the entries in one pass, in memory (the same rule as the
-/// SQL of [`refresh_aggregates`]: a replayed copy is left out when its group has an original).
+/// Recomputes every aggregate from the entries in one pass, in memory, by the rule the deltas
+/// of [`flush`] keep: a replayed copy is left out when its group has an original. Used when a
+/// change could not be applied as a delta, by schema migrations, and to check the deltas.
 /// Memory is bounded by the number of aggregate rows and replay groups, not of entries.
 pub(crate) fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
     let mut originals: HashSet<i64> = HashSet::new();
