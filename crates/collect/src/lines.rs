@@ -66,18 +66,18 @@ pub fn for_each_line(
         unreadable(skipped, path);
         return not_read;
     };
-    let size = match file.metadata() {
-        Ok(m) if !m.is_dir() => m.len(),
-        _ => {
-            unreadable(skipped, path);
-            return not_read;
-        }
-    };
     let is_zst = path
         .file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.ends_with(".zst"));
     if is_zst {
+        let size = match file.metadata() {
+            Ok(m) if !m.is_dir() => m.len(),
+            _ => {
+                unreadable(skipped, path);
+                return not_read;
+            }
+        };
         let mut ctx = DCTX
             .with(|c| c.borrow_mut().take())
             .unwrap_or_else(zstd::zstd_safe::DCtx::create);
@@ -101,7 +101,11 @@ pub fn for_each_line(
     if offset > 0 && file.seek(SeekFrom::Start(offset)).is_err() {
         return not_read;
     }
-    let (consumed, read, _, head) = read_lines(file, path, offset == 0, skipped, &mut f);
+    // A directory opens but cannot be read (EISDIR): no `stat` per file needed to tell.
+    let (consumed, read, ok, head) = read_lines(file, path, offset == 0, skipped, &mut f);
+    if !ok && read == 0 {
+        unreadable(skipped, path);
+    }
     LinesRead {
         offset: offset + consumed,
         read,

@@ -110,3 +110,19 @@ fn a_line_of_exactly_the_limit_is_read() {
     assert_eq!(lines[0].len(), tokenledger_collect::lines::MAX_LINE);
     assert!(skipped.is_empty());
 }
+
+#[test]
+fn a_directory_or_a_missing_file_is_reported_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("x.jsonl");
+    std::fs::create_dir(&sub).unwrap();
+    for path in [sub, dir.path().join("missing.jsonl")] {
+        let mut skipped = Vec::new();
+        let r = for_each_line(&path, 0, &mut skipped, |_| panic!("no lines"));
+        assert_eq!((r.offset, r.read), (0, 0));
+        assert_eq!(
+            skipped.iter().map(|s| s.reason).collect::<Vec<_>>(),
+            vec![SkipReason::Unreadable]
+        );
+    }
+}
