@@ -469,7 +469,11 @@ fn write_all(
     rx: std::sync::mpsc::Receiver<Batch>,
     report: &mut ScanReport,
 ) -> Result<()> {
-    let cold = !conn.query_row("SELECT EXISTS (SELECT 1 FROM entries)", [], |r| {
+    // Write transactions take the write lock when they begin, so that what this one reads (is
+    // the ledger empty? which dims exist?) stays true until it commits, whatever another
+    // tokenledger process does meanwhile.
+    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let cold = !tx.query_row("SELECT EXISTS (SELECT 1 FROM entries)", [], |r| {
         r.get::<_, bool>(0)
     })?;
     let mut w = Writer {
@@ -493,7 +497,6 @@ fn write_all(
     let timing = std::env::var_os("TOKENLEDGER_TIMING").is_some();
     let mut busy = std::time::Duration::ZERO;
     let mut events = 0usize;
-    let mut tx = conn.transaction()?;
     let mut last_commit = std::time::Instant::now();
     for mut batch in rx {
         let t = std::time::Instant::now();
@@ -507,8 +510,13 @@ fn write_all(
             flush(&tx, &mut w, report)?;
             if last_commit.elapsed() >= COMMIT_EVERY {
                 tx.commit()?;
-                tx = conn.transaction()?;
+                tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 last_commit = std::time::Instant::now();
+                // Another process may have written between the two transactions: what this
+                // scan knew of the ledger's entries and dims is asked again.
+                w.cold = false;
+                w.dims.clear();
+                w.dims_loaded = false;
             }
         }
         busy += t.elapsed();
