@@ -8,6 +8,9 @@
 //! `replay = isSidechain`; the ledger keeps the largest event per key and drops replays. The
 //! parser is stateless per line, so the cursor state is always empty.
 
+#[path = "claude_fast.rs"]
+mod fast;
+
 use crate::walk::Walk;
 use crate::{stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, UsageEvent};
 use memchr::memmem;
@@ -117,7 +120,7 @@ impl FileContext {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct Line<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
@@ -140,7 +143,7 @@ struct Line<'a> {
 }
 
 /// `message`; its `content` (the bulk of the line) is skipped without being built.
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct Message<'a> {
     #[serde(borrow)]
     id: Option<Cow<'a, str>>,
@@ -149,7 +152,7 @@ struct Message<'a> {
     usage: Option<Usage>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct Usage {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
@@ -158,7 +161,7 @@ struct Usage {
     cache_creation: Option<CacheCreation>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct CacheCreation {
     ephemeral_5m_input_tokens: Option<u64>,
     ephemeral_1h_input_tokens: Option<u64>,
@@ -185,7 +188,11 @@ fn parse_line(line: &[u8], ctx: &FileContext) -> Result<Option<UsageEvent>, Skip
             None => Ok(None),
         };
     }
-    let parsed: Line = crate::lines::parse_json(line)?;
+    // Most usage lines take the fast path; serde reads the rest (and judges invalid ones).
+    let parsed: Line = match std::str::from_utf8(line).ok().and_then(fast::line) {
+        Some(l) => l,
+        None => crate::lines::parse_json(line)?,
+    };
     if parsed.kind.as_deref() != Some("assistant") || parsed.is_api_error == Some(true) {
         return Ok(None);
     }
@@ -268,6 +275,137 @@ impl Usage {
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
     s.filter(|s| !s.trim().is_empty())
+}
+
+#[cfg(test)]
+mod fast_tests {
+    //! The fast path against serde: when it answers, serde reads the same; on plain lines of
+    //! Claude Code's shape it does answer.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, with escapes, unicode, numbers of every form and nesting.
+    fn json() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+            "[a-z \\n\\t\"\\\\é/\u{1}]{0,30}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
+                proptest::collection::vec(("[a-z]{1,8}", inner), 0..5).prop_map(|v| {
+                    let m: Vec<String> = v.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", m.join(","))
+                }),
+            ]
+        })
+    }
+
+    fn wanted_str() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-zA-Z0-9_:.-]{0,20}".prop_map(|s| format!("\"{s}\"")),
+            1 => Just("null".to_string()),
+            1 => Just("\"a\\nb\"".to_string()),
+            1 => Just("7".to_string()),
+        ]
+    }
+
+    /// A line: the fields the parser reads (some missing, some odd), others around them, in any
+    /// order, possibly with a duplicate, a corruption, or odd whitespace.
+    fn line() -> impl Strategy<Value = (String, bool)> {
+        let usage = prop_oneof![
+            Just(
+                "{\"input_tokens\":3,\"output_tokens\":9,\"cache_read_input_tokens\":100}"
+                    .to_string()
+            ),
+            Just(
+                "{\"input_tokens\":3,\"cache_creation\":{\"ephemeral_5m_input_tokens\":2}}"
+                    .to_string()
+            ),
+            Just("null".to_string()),
+            Just("{\"input_tokens\":-1}".to_string()),
+            Just("{\"input_tokens\":1.5}".to_string()),
+        ];
+        let message =
+            (wanted_str(), wanted_str(), usage, json()).prop_map(|(id, model, usage, content)| {
+                format!(
+                    "{{\"id\":{id},\"model\":{model},\"content\":[{content}],\"usage\":{usage}}}"
+                )
+            });
+        let bool_ = prop_oneof![Just("true"), Just("false"), Just("null"), Just("1")];
+        (
+            proptest::collection::vec(wanted_str(), 6),
+            (bool_.clone(), bool_),
+            message,
+            proptest::collection::vec(("[a-zA-Z]{1,10}", json()), 0..4),
+            any::<u64>(),
+            0u8..10,
+        )
+            .prop_map(|(strs, (side, err), message, extra, seed, odd)| {
+                let names = ["type", "sessionId", "cwd", "timestamp", "uuid", "requestId"];
+                let mut members: Vec<String> = names
+                    .iter()
+                    .zip(&strs)
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                members.push(format!("\"isSidechain\":{side}"));
+                members.push(format!("\"isApiErrorMessage\":{err}"));
+                members.push(format!("\"message\":{message}"));
+                members.extend(extra.iter().map(|(k, v)| format!("\"{k}\":{v}")));
+                // A deterministic shuffle from the seed.
+                let n = members.len();
+                for i in (1..n).rev() {
+                    members.swap(
+                        i,
+                        (seed.wrapping_mul(i as u64 + 7) % (i as u64 + 1)) as usize,
+                    );
+                }
+                let mut text = format!("{{{}}}", members.join(","));
+                let plain = odd >= 3;
+                match odd {
+                    0 => {
+                        let mut at = text.len() / 2;
+                        while !text.is_char_boundary(at) {
+                            at += 1;
+                        }
+                        text.insert(at, ',')
+                    }
+                    1 => text = format!("{text}x"),
+                    2 => text = text.replacen('{', "{\"type\":\"dup\",", 1),
+                    _ => {}
+                }
+                (text, plain)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn fast_path_reads_what_serde_reads((text, _plain) in line()) {
+            let serde: Result<Line, _> = serde_json::from_str(&text);
+            if let Some(fast) = fast::line(&text) {
+                prop_assert!(serde.is_ok(), "fast path read a line serde rejects: {text}");
+                prop_assert_eq!(fast, serde.unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_answers_on_plain_claude_lines() {
+        let line = r#"{"parentUuid":null,"isSidechain":false,"userType":"external","cwd":"/home/dev/app","sessionId":"s-1","version":"2.1.0","uuid":"u-1","timestamp":"2025-10-05T03:05:25.580Z","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-opus-4-1","content":[{"type":"text","text":"a \"quoted\" line\nand \u00e9 more"}],"stop_reason":null,"usage":{"input_tokens":6,"cache_creation_input_tokens":11,"cache_read_input_tokens":24,"output_tokens":23,"service_tier":"standard"}},"requestId":"req_1","type":"assistant"}"#;
+        let fast = fast::line(line).expect("the fast path reads a plain line");
+        let serde: Line = serde_json::from_str(line).unwrap();
+        assert_eq!(fast, serde);
+        assert_eq!(fast.message.unwrap().usage.unwrap().output_tokens, Some(23));
+    }
 }
 
 #[cfg(test)]
