@@ -100,6 +100,20 @@ struct Plan {
     models: Vec<String>,
     breakdown: bool,
     json: bool,
+    /// Day of each half hour seen, in `tz` (many buckets share a half hour, and the time-zone
+    /// conversion is the costly part of a report).
+    days: std::cell::RefCell<std::collections::HashMap<i64, Date>>,
+}
+
+impl Plan {
+    /// Day of a half-hour start in the report's zone.
+    fn day(&self, hour_start: i64) -> Date {
+        *self.days.borrow_mut().entry(hour_start).or_insert_with(|| {
+            Timestamp::from_second(hour_start)
+                .map(|t| t.to_zoned(self.tz.clone()).date())
+                .unwrap_or_default()
+        })
+    }
 }
 
 fn parse_day(s: &str, flag: &str) -> Result<Date> {
@@ -151,6 +165,7 @@ fn plan(args: &ReportArgs) -> Result<Plan> {
         models: o.model.iter().map(|m| m.trim().to_string()).collect(),
         breakdown: o.breakdown,
         json: o.json,
+        days: Default::default(),
     })
 }
 
@@ -287,22 +302,6 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Day of a half-hour start in the report's zone.
-fn day_of(tz: &TimeZone, hour_start: i64) -> Date {
-    // Many buckets share a half hour; time-zone conversion is the costly part of a report.
-    thread_local! {
-        static MEMO: std::cell::RefCell<std::collections::HashMap<i64, Date>> =
-            std::cell::RefCell::new(std::collections::HashMap::new());
-    }
-    MEMO.with(|m| {
-        *m.borrow_mut().entry(hour_start).or_insert_with(|| {
-            Timestamp::from_second(hour_start)
-                .map(|t| t.to_zoned(tz.clone()).date())
-                .unwrap_or_default()
-        })
-    })
-}
-
 fn in_range(plan: &Plan, day: Date) -> bool {
     plan.since.is_none_or(|s| day >= s) && plan.until.is_none_or(|u| day <= u)
 }
@@ -406,7 +405,7 @@ fn reassigned(ledger: &Ledger, plan: &Plan) -> Result<Vec<Bucket>> {
     out.retain(|b| {
         (plan.sources.is_empty() || plan.sources.contains(&b.key.source))
             && (plan.models.is_empty() || plan.models.contains(&b.key.model))
-            && in_range(plan, day_of(&plan.tz, b.key.hour_start))
+            && in_range(plan, plan.day(b.key.hour_start))
     });
     Ok(out)
 }
@@ -420,7 +419,7 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
         ReportKind::Daily | ReportKind::Weekly | ReportKind::Monthly => {
             let mut rows: BTreeMap<String, Cells> = BTreeMap::new();
             for b in reassigned(ledger, plan)? {
-                let period = period_of(plan.kind, day_of(&plan.tz, b.key.hour_start));
+                let period = period_of(plan.kind, plan.day(b.key.hour_start));
                 let cell = rows
                     .entry(period)
                     .or_default()
@@ -512,7 +511,7 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
             let rows = ledger.buckets(&filter)?;
             let mut sessions: BTreeMap<(Source, String), Vec<LocalBucket>> = BTreeMap::new();
             for r in rows {
-                if !in_range(plan, day_of(&plan.tz, r.hour_start)) {
+                if !in_range(plan, plan.day(r.hour_start)) {
                     continue;
                 }
                 sessions
@@ -695,4 +694,36 @@ fn render_table(out: &mut impl Write, plan: &Plan, v: &Value) -> Result<()> {
         writeln!(out, "Unpriced (counted at $0): {}", names.join(", "))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_in(zone: &str) -> Plan {
+        Plan {
+            kind: ReportKind::Daily,
+            tz: TimeZone::get(zone).unwrap(),
+            tz_name: zone.to_string(),
+            since: None,
+            until: None,
+            sources: Vec::new(),
+            models: Vec::new(),
+            breakdown: false,
+            json: false,
+            days: Default::default(),
+        }
+    }
+
+    /// Each report remembers days in its own zone: two reports in one thread do not mix them.
+    #[test]
+    fn days_are_remembered_per_report_zone() {
+        // 2025-10-06T23:30:00Z: still the 6th in UTC, already the 7th in Auckland.
+        let hour = 1_759_793_400;
+        let utc = plan_in("UTC");
+        let auckland = plan_in("Pacific/Auckland");
+        assert_eq!(utc.day(hour).to_string(), "2025-10-06");
+        assert_eq!(auckland.day(hour).to_string(), "2025-10-07");
+        assert_eq!(utc.day(hour).to_string(), "2025-10-06");
+    }
 }
