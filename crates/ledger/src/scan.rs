@@ -429,7 +429,7 @@ struct Pending {
 
 /// Events are buffered, sorted by key and deduplicated in memory before they reach SQLite:
 /// sorted inserts touch each B-tree page once instead of at random.
-const PENDING_LIMIT: usize = 100_000;
+const PENDING_LIMIT: usize = 50_000;
 
 /// How many replay groups with an original a scan remembers (memory bound); past that, the
 /// ledger is asked.
