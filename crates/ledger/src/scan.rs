@@ -123,8 +123,10 @@ impl Ledger {
                     .par_iter()
                     .map(|c| c.discover_with_meta(env))
                     .collect();
-                let mut seen: HashSet<i64> =
-                    HashSet::with_capacity(found.iter().map(Vec::len).sum());
+                let mut seen = KeySet::with_capacity_and_hasher(
+                    found.iter().map(Vec::len).sum(),
+                    Default::default(),
+                );
                 // One list from here on: planned in place, then trimmed to what must be read.
                 let mut work: Vec<Work> = Vec::with_capacity(seen.capacity());
                 for (collector, files) in found.into_iter().enumerate() {
@@ -171,7 +173,11 @@ impl Ledger {
         report.files_seen = work.len() as u64;
         let mut keep: Vec<bool> = Vec::with_capacity(work.len());
         for w in work.iter_mut() {
-            keep.push(self.plan(w, cursors.get(&w.key), &mut report)?);
+            let cursor = cursors
+                .binary_search_by_key(&w.key, |(k, _)| *k)
+                .ok()
+                .map(|i| &cursors[i].1);
+            keep.push(self.plan(w, cursor, &mut report)?);
         }
         let mut keep = keep.into_iter();
         work.retain(|_| keep.next().unwrap_or(false));
@@ -288,26 +294,54 @@ fn load_state(conn: &Connection, key: i64) -> Result<String> {
         .unwrap_or_default())
 }
 
-fn load_cursors(conn: &Connection) -> Result<HashMap<i64, Cursor>> {
+/// Every cursor, ordered by key (the table's order): looked up by binary search.
+fn load_cursors(conn: &Connection) -> Result<Vec<(i64, Cursor)>> {
     let mut stmt = conn.prepare(
-        "SELECT key, dev, inode, size, mtime_ns, offset, head_len, head_hash FROM cursors",
+        "SELECT key, dev, inode, size, mtime_ns, offset, head_len, head_hash FROM cursors
+         ORDER BY key",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let int = |i: usize| -> rusqlite::Result<i64> {
+            r.get_ref(i)?.as_i64().map_err(rusqlite::Error::from)
+        };
+        out.push((
+            int(0)?,
             Cursor {
-                dev: r.get::<_, i64>(1)? as u64,
-                inode: r.get::<_, i64>(2)? as u64,
-                size: r.get::<_, i64>(3)? as u64,
-                mtime_ns: r.get(4)?,
-                offset: r.get::<_, i64>(5)? as u64,
-                head_len: r.get::<_, i64>(6)? as u64,
-                head_hash: r.get::<_, i64>(7)? as u64,
+                dev: int(1)? as u64,
+                inode: int(2)? as u64,
+                size: int(3)? as u64,
+                mtime_ns: int(4)?,
+                offset: int(5)? as u64,
+                head_len: int(6)? as u64,
+                head_hash: int(7)? as u64,
             },
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
+        ));
+    }
+    Ok(out)
 }
+
+/// Cursor keys, dims and replay groups are hashes already: they index hash tables as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.0 = n as u64;
+    }
+}
+
+type KeyBuild = std::hash::BuildHasherDefault<KeyHasher>;
+type KeySet = HashSet<i64, KeyBuild>;
 
 /// A file read by a worker: its new cursor.
 struct FileDone {
@@ -441,7 +475,7 @@ type Sums = [i64; 6];
 
 struct Writer {
     /// Interned `(session, project)` ids by a hash of the pair.
-    dims: HashMap<i64, i64>,
+    dims: HashMap<i64, i64, KeyBuild>,
     /// Whether `dims` holds every pair of the ledger.
     dims_loaded: bool,
     models: Vec<String>,
@@ -452,9 +486,9 @@ struct Writer {
     /// The ledger held no entries when the scan began: no replayed copy predates this scan.
     cold: bool,
     /// Replay groups with a replayed copy written in this scan.
-    replay_groups: HashSet<i64>,
+    replay_groups: KeySet,
     /// Replay groups with an original written in this scan (up to [`ORIGINALS_LIMIT`]).
-    originals: HashSet<i64>,
+    originals: KeySet,
     /// What the entries written since the last flush change in the aggregates.
     deltas: HashMap<AggKey, Sums>,
     /// A change could not be applied as a delta: rebuild the aggregates at the end.
@@ -477,15 +511,15 @@ fn write_all(
         r.get::<_, bool>(0)
     })?;
     let mut w = Writer {
-        dims: HashMap::new(),
+        dims: HashMap::default(),
         dims_loaded: false,
         models: Vec::new(),
         model_ids: HashMap::new(),
         pending: Vec::new(),
         files: Vec::new(),
         cold,
-        replay_groups: HashSet::new(),
-        originals: HashSet::new(),
+        replay_groups: KeySet::default(),
+        originals: KeySet::default(),
         deltas: HashMap::new(),
         rebuild: false,
         now: std::time::SystemTime::now()
