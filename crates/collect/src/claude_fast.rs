@@ -40,10 +40,7 @@ pub(super) fn line(text: &str) -> Option<Line<'_>> {
             b"message" => 8,
             _ => return s.value(),
         };
-        if seen & (1 << bit) != 0 {
-            return None;
-        }
-        seen |= 1 << bit;
+        first_time(&mut seen, bit)?;
         match bit {
             0 => out.kind = s.opt_str()?,
             1 => out.session_id = s.opt_str()?,
@@ -59,6 +56,14 @@ pub(super) fn line(text: &str) -> Option<Line<'_>> {
     })?;
     s.ws();
     (s.i == b.len()).then_some(out)
+}
+
+/// Marks field `bit` as read; `None` (serde decides) when it was already: serde rejects
+/// duplicate fields.
+fn first_time(seen: &mut u16, bit: u16) -> Option<()> {
+    let was = *seen & (1 << bit) != 0;
+    *seen |= 1 << bit;
+    (!was).then_some(())
 }
 
 /// Nesting deeper than this goes to serde (which has its own limit).
@@ -156,28 +161,7 @@ impl<'a> Scan<'a> {
     fn value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(|_| ()),
-            b'{' => {
-                self.enter()?;
-                self.ws();
-                if self.eat(b'}').is_none() {
-                    loop {
-                        self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        self.ws();
-                        self.value()?;
-                        self.ws();
-                        if self.eat(b',').is_some() {
-                            self.ws();
-                            continue;
-                        }
-                        self.eat(b'}')?;
-                        break;
-                    }
-                }
-                self.depth -= 1;
-                Some(())
-            }
+            b'{' => self.object(true, |s, _| s.value()),
             b'[' => {
                 self.enter()?;
                 self.ws();
@@ -210,8 +194,19 @@ impl<'a> Scan<'a> {
         (self.depth <= MAX_DEPTH).then_some(())
     }
 
-    /// The members of an object: `f` gets each key (without escapes) and consumes its value.
-    fn members(&mut self, mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+    /// The members of an object whose fields are read: `f` gets each key and consumes its
+    /// value. An escaped key might spell a field's name: such objects are serde's to read.
+    fn members(&mut self, f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.object(false, f)
+    }
+
+    /// An object: `f` gets each key (raw; escaped ones only when `escaped_keys`) and consumes
+    /// its value.
+    fn object(
+        &mut self,
+        escaped_keys: bool,
+        mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+    ) -> Option<()> {
         if self.peek()? != b'{' {
             return None;
         }
@@ -220,8 +215,7 @@ impl<'a> Scan<'a> {
         if self.eat(b'}').is_none() {
             loop {
                 let (start, end, escaped) = self.string()?;
-                if escaped {
-                    // An escaped key might spell a field's name: serde's to read.
+                if escaped && !escaped_keys {
                     return None;
                 }
                 self.ws();
@@ -266,7 +260,7 @@ impl<'a> Scan<'a> {
             return Some(None);
         }
         let mut m = Message::default();
-        let mut seen = 0u8;
+        let mut seen = 0u16;
         self.members(|s, key| {
             let bit = match key {
                 b"id" => 0,
@@ -274,10 +268,7 @@ impl<'a> Scan<'a> {
                 b"usage" => 2,
                 _ => return s.value(),
             };
-            if seen & (1 << bit) != 0 {
-                return None;
-            }
-            seen |= 1 << bit;
+            first_time(&mut seen, bit)?;
             match bit {
                 0 => m.id = s.opt_str()?,
                 1 => m.model = s.opt_str()?,
