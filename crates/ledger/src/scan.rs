@@ -183,12 +183,14 @@ impl Ledger {
         work.retain(|_| keep.next().unwrap_or(false));
         drop(cursors);
 
+        if work.is_empty() {
+            // Nothing new: no write transaction (it would wait for another process's scan).
+            return Ok(report);
+        }
         let total_bytes: u64 = work.iter().map(Work::remaining).sum();
         // Big files first, so that the parallel readers finish together.
         work.sort_by_key(|w| std::cmp::Reverse(w.remaining()));
-        if !work.is_empty() {
-            progress.start(work.len() as u64, total_bytes);
-        }
+        progress.start(work.len() as u64, total_bytes);
 
         let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(32);
         let conn = &mut self.conn;

@@ -477,3 +477,31 @@ fn concurrent_scans_of_one_ledger_agree_with_one_scan() {
     // Each original counts, its replayed copy does not.
     assert_eq!(total(&l), 20 * (10 + 3));
 }
+
+/// A scan with nothing new writes nothing, so it does not wait for another process that holds
+/// the ledger's write lock (a long first scan, a sync in `serve`).
+#[test]
+fn nothing_new_does_not_wait_for_a_writer() {
+    let (dir, c, mut l) = setup();
+    append(&dir.path().join("logs/a.log"), "100 k1 10\n");
+    l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    let other = rusqlite::Connection::open(dir.path().join("home/ledger.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let logs = dir.path().join("logs");
+    let home = dir.path().join("home");
+    std::thread::spawn(move || {
+        let c: Vec<Box<dyn Collector>> = vec![Box::new(Fake { root: logs })];
+        let mut l = Ledger::open_in(&home).unwrap();
+        let r = l
+            .scan(&c, &Env::default(), &NoProgress)
+            .map(|r| r.files_read);
+        let _ = done_tx.send(r.map_err(|e| e.to_string()));
+    });
+    // Only reached on failure: the scan would block on the lock (busy timeout 30 s).
+    let r = done_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a scan with nothing new waited for the write lock");
+    assert_eq!(r, Ok(0));
+    other.execute_batch("ROLLBACK").unwrap();
+}
