@@ -68,15 +68,15 @@ impl Collector for GeminiCollector {
 /// The chat files under one `.gemini` folder, sorted by path.
 pub fn discover_root(root: &Path) -> Vec<FoundFile> {
     let mut out = Vec::new();
-    for project in read_dir_sorted(&root.join("tmp")) {
+    for project in crate::walk::dir_sorted(&root.join("tmp")) {
         let chats = project.join("chats");
-        for entry in read_dir_sorted(&chats) {
+        for entry in crate::walk::dir_sorted(&chats) {
             let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
             if entry.is_dir() {
                 // Subagent chats: chats/<parentSessionId>/<sessionId>.jsonl
-                for sub in read_dir_sorted(&entry) {
+                for sub in crate::walk::dir_sorted(&entry) {
                     if sub.is_file() && is_jsonl(&sub) {
                         out.push(found(sub, false));
                     }
@@ -99,15 +99,6 @@ fn found(path: PathBuf, whole: bool) -> FoundFile {
         path,
         whole,
     }
-}
-
-fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => Vec::new(),
-    };
-    v.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-    v
 }
 
 fn is_jsonl(path: &Path) -> bool {
@@ -366,11 +357,7 @@ fn scan_document(path: &Path) -> FileScan {
         Err(reason) => {
             return FileScan {
                 offset: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-                skipped: vec![Skipped {
-                    path: path.to_path_buf(),
-                    line: 0,
-                    reason,
-                }],
+                skipped: vec![Skipped::file(path, reason)],
                 ..Default::default()
             }
         }

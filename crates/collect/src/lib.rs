@@ -83,6 +83,17 @@ pub struct Skipped {
     pub reason: SkipReason,
 }
 
+impl Skipped {
+    /// A whole file skipped (unreadable, too large, ...): line 0.
+    pub fn file(path: &std::path::Path, reason: SkipReason) -> Skipped {
+        Skipped {
+            path: path.to_path_buf(),
+            line: 0,
+            reason,
+        }
+    }
+}
+
 /// A file a collector wants read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundFile {

@@ -40,14 +40,6 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn unreadable(skipped: &mut Vec<Skipped>, path: &Path) {
-    skipped.push(Skipped {
-        path: path.to_path_buf(),
-        line: 0,
-        reason: SkipReason::Unreadable,
-    });
-}
-
 /// Calls `f(line_bytes)` for each complete line of `path` from `offset` (the trailing `\n` and
 /// `\r` removed; blank lines are not passed). A torn last line (no newline) is reported as
 /// skipped and not consumed. `.zst` files are decompressed as a stream and read whole (`offset`
@@ -63,7 +55,7 @@ pub fn for_each_line(
         ..LinesRead::default()
     };
     let Ok(mut file) = File::open(path) else {
-        unreadable(skipped, path);
+        skipped.push(Skipped::file(path, SkipReason::Unreadable));
         return not_read;
     };
     let is_zst = path
@@ -74,7 +66,7 @@ pub fn for_each_line(
         let size = match file.metadata() {
             Ok(m) if !m.is_dir() => m.len(),
             _ => {
-                unreadable(skipped, path);
+                skipped.push(Skipped::file(path, SkipReason::Unreadable));
                 return not_read;
             }
         };
@@ -90,7 +82,7 @@ pub fn for_each_line(
         let (_, read, ok, _) = read_lines(decoder, path, false, skipped, &mut f);
         DCTX.with(|c| *c.borrow_mut() = Some(ctx));
         if !ok {
-            unreadable(skipped, path);
+            skipped.push(Skipped::file(path, SkipReason::Unreadable));
         }
         return LinesRead {
             offset: size,
@@ -104,7 +96,7 @@ pub fn for_each_line(
     // A directory opens but cannot be read (EISDIR): no `stat` per file needed to tell.
     let (consumed, read, ok, head) = read_lines(file, path, offset == 0, skipped, &mut f);
     if !ok && read == 0 {
-        unreadable(skipped, path);
+        skipped.push(Skipped::file(path, SkipReason::Unreadable));
     }
     LinesRead {
         offset: offset + consumed,

@@ -285,18 +285,9 @@ fn found(path: PathBuf) -> FoundFile {
     }
 }
 
-fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => Vec::new(),
-    };
-    v.sort();
-    v
-}
-
 /// `opencode.db` and `opencode-<channel>.db` in a root.
 pub fn databases_in(root: &Path) -> Vec<PathBuf> {
-    read_dir_sorted(root)
+    crate::walk::dir_sorted(root)
         .into_iter()
         .filter(|p| {
             p.is_file()
@@ -310,8 +301,8 @@ pub fn databases_in(root: &Path) -> Vec<PathBuf> {
 /// `storage/message/<sessionID>/*.json`.
 fn legacy_messages(storage: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for session in read_dir_sorted(&storage.join("message")) {
-        for f in read_dir_sorted(&session) {
+    for session in crate::walk::dir_sorted(&storage.join("message")) {
+        for f in crate::walk::dir_sorted(&session) {
             if f.is_file() && f.extension().and_then(|e| e.to_str()) == Some("json") {
                 out.push(f);
             }
@@ -340,21 +331,13 @@ fn read_capped(path: &Path) -> Result<Vec<u8>, SkipReason> {
     Ok(buf)
 }
 
-fn skipped(path: &Path, reason: SkipReason) -> Skipped {
-    Skipped {
-        path: path.to_path_buf(),
-        line: 0,
-        reason,
-    }
-}
-
 /// One legacy message file, with its parts from `storage/part/<messageID>/`.
 fn scan_legacy_message(path: &Path) -> FileScan {
     let mut scan = FileScan::default();
     let bytes = match read_capped(path) {
         Ok(b) => b,
         Err(reason) => {
-            scan.skipped.push(skipped(path, reason));
+            scan.skipped.push(Skipped::file(path, reason));
             return scan;
         }
     };
@@ -363,7 +346,7 @@ fn scan_legacy_message(path: &Path) -> FileScan {
     let info = match parse_message(&bytes) {
         Ok(i) => i,
         Err(reason) => {
-            scan.skipped.push(skipped(path, reason));
+            scan.skipped.push(Skipped::file(path, reason));
             return scan;
         }
     };
@@ -388,7 +371,7 @@ fn scan_legacy_message(path: &Path) -> FileScan {
 
     let mut steps: Option<RawTokens> = None;
     if let Some(storage) = &storage {
-        for part in read_dir_sorted(&storage.join("part").join(&id)) {
+        for part in crate::walk::dir_sorted(&storage.join("part").join(&id)) {
             if part.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
@@ -399,7 +382,7 @@ fn scan_legacy_message(path: &Path) -> FileScan {
             match parsed {
                 Ok(Some((_, t))) => steps.get_or_insert_with(RawTokens::default).add(&t),
                 Ok(None) => {}
-                Err(reason) => scan.skipped.push(skipped(&part, reason)),
+                Err(reason) => scan.skipped.push(Skipped::file(&part, reason)),
             }
         }
     }
@@ -427,14 +410,16 @@ fn scan_legacy_message(path: &Path) -> FileScan {
         &tokens,
     ) {
         Some(e) => scan.events.push(e),
-        None => scan.skipped.push(skipped(path, SkipReason::BadFields)),
+        None => scan
+            .skipped
+            .push(Skipped::file(path, SkipReason::BadFields)),
     }
     scan
 }
 
 /// The `directory` of `storage/session/<projectID>/<sessionID>.json`.
 fn legacy_session_dir(storage: &Path, session: &str) -> Option<String> {
-    for project in read_dir_sorted(&storage.join("session")) {
+    for project in crate::walk::dir_sorted(&storage.join("session")) {
         for name in [format!("{session}.json"), format!("ses_{session}.json")] {
             let p = project.join(name);
             if let Ok(b) = read_capped(&p) {
@@ -525,7 +510,7 @@ fn scan_db(path: &Path, state: &str) -> FileScan {
         Err(_) => FileScan {
             offset: 0,
             state: state.to_string(),
-            skipped: vec![skipped(path, SkipReason::Unreadable)],
+            skipped: vec![Skipped::file(path, SkipReason::Unreadable)],
             ..Default::default()
         },
     }

@@ -10,8 +10,8 @@ use crate::{stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, UsageE
 use memchr::memmem;
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::fs;
-use std::path::{Path, PathBuf};
+
+use std::path::Path;
 use std::sync::OnceLock;
 use tokenledger_core::{normalize_model, parse_timestamp, Source, TokenCounts};
 
@@ -29,11 +29,11 @@ impl Collector for QwenCollector {
         let mut files = Vec::new();
         for root in roots {
             let mut found = Vec::new();
-            for project in dir_entries(&root.join("projects")) {
+            for project in crate::walk::dir_sorted(&root.join("projects")) {
                 if !project.is_dir() {
                     continue;
                 }
-                for path in dir_entries(&project.join("chats")) {
+                for path in crate::walk::dir_sorted(&project.join("chats")) {
                     if path.extension().is_some_and(|e| e == "jsonl") && path.is_file() {
                         found.push(path);
                     }
@@ -55,14 +55,6 @@ impl Collector for QwenCollector {
         // Streamed blocks of one response share a key: keep only the largest within this scan.
         crate::lines::scan_stateless(&file.path, offset, |line| parse_line(line, &ctx))
     }
-}
-
-/// The entries of a directory (none when it cannot be read).
-fn dir_entries(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.flatten().map(|e| e.path()).collect()
 }
 
 /// What a file's path says, used when a line lacks the field.

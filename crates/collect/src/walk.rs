@@ -60,3 +60,13 @@ impl Walk<'_> {
         files
     }
 }
+
+/// The entries of one folder, sorted by name (nothing when it cannot be read).
+pub(crate) fn dir_sorted(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    v
+}
