@@ -7,10 +7,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
+use tokenledger_collect::lines::HEAD_LEN;
 use tokenledger_collect::{Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, Skipped};
 use tokenledger_core::Source;
 
-use tokenledger_collect::lines::HEAD_LEN;
 /// Cursors buffered before they are written (memory bound).
 const FILES_PER_FLUSH: usize = 4096;
 /// How often a long scan commits: a crash loses at most this much progress, never a token.
@@ -241,11 +241,9 @@ impl Ledger {
     /// returns whether there is anything to read.
     fn plan(&self, w: &mut Work, cursor: Option<&Cursor>, report: &mut ScanReport) -> Result<bool> {
         let Some(stat) = w.stat else {
-            report.skipped.push(Skipped {
-                path: w.file.path.clone(),
-                line: 0,
-                reason: SkipReason::Unreadable,
-            });
+            report
+                .skipped
+                .push(Skipped::file(&w.file.path, SkipReason::Unreadable));
             return Ok(false);
         };
         let Some(cur) = cursor else {
@@ -279,12 +277,10 @@ impl Ledger {
     }
 }
 
-/// The cursor key of a found file (paths are hashed as bytes when they are UTF-8, as stored).
+/// The cursor key of a found file, from its path as stored (`to_string_lossy` borrows a UTF-8
+/// path, it copies only one that is not).
 fn cursor_key_of(file: &FoundFile) -> i64 {
-    match file.path.to_str() {
-        Some(p) => crate::cursor_key(file.source.as_str(), p),
-        None => crate::cursor_key(file.source.as_str(), &file.path.to_string_lossy()),
-    }
+    crate::cursor_key(file.source.as_str(), &file.path.to_string_lossy())
 }
 
 /// The parser state of one file's cursor (read only for files that changed: most do not).
@@ -395,9 +391,7 @@ impl Batch {
             if e.tokens.is_zero() {
                 continue;
             }
-            let dim =
-                tokenledger_collect::stable_hash(&[e.session.as_bytes(), e.project.as_bytes()])
-                    as i64;
+            let dim = dim_hash(&e.session, &e.project);
             if !self.dims.iter().rev().any(|d| d.0 == dim) {
                 self.dims.push((
                     dim,
@@ -471,18 +465,40 @@ const PENDING_LIMIT: usize = 50_000;
 /// ledger is asked.
 const ORIGINALS_LIMIT: usize = 1 << 20;
 
-/// An aggregate row's key: half hour, source, model (writer id), dims row.
-type AggKey = (i64, Source, u32, i64);
+/// An aggregate row's key: half hour, source and model (as [`Names`] ids), dims row.
+type AggKey = (i64, u32, u32, i64);
 type Sums = [i64; 6];
+
+/// Source and model names as small ids, both ways.
+#[derive(Default)]
+struct Names {
+    list: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.list.len() as u32;
+        self.list.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.list[id as usize]
+    }
+}
 
 struct Writer {
     /// Interned `(session, project)` ids by a hash of the pair.
     dims: HashMap<i64, i64, KeyBuild>,
     /// Whether `dims` holds every pair of the ledger.
     dims_loaded: bool,
-    models: Vec<String>,
-    model_ids: HashMap<String, u32>,
-    /// Events waiting for the next flush: `model` a writer model id, `dim` a dims row id.
+    names: Names,
+    /// Events waiting for the next flush: `model` a [`Names`] id, `dim` a dims row id.
     pending: Vec<Pending>,
     files: Vec<FileDone>,
     /// The ledger held no entries when the scan began: no replayed copy predates this scan.
@@ -493,8 +509,6 @@ struct Writer {
     originals: KeySet,
     /// What the entries written since the last flush change in the aggregates.
     deltas: HashMap<AggKey, Sums>,
-    /// A change could not be applied as a delta: rebuild the aggregates at the end.
-    rebuild: bool,
     now: i64,
     /// Time spent per phase (with `TOKENLEDGER_TIMING`): buffer, entries, cursors, aggregates.
     phases: [std::time::Duration; 4],
@@ -515,15 +529,13 @@ fn write_all(
     let mut w = Writer {
         dims: HashMap::default(),
         dims_loaded: false,
-        models: Vec::new(),
-        model_ids: HashMap::new(),
+        names: Names::default(),
         pending: Vec::new(),
         files: Vec::new(),
         cold,
         replay_groups: KeySet::default(),
         originals: KeySet::default(),
         deltas: HashMap::new(),
-        rebuild: false,
         now: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -560,16 +572,11 @@ fn write_all(
     let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
     let t_flush = t.elapsed();
-    if w.rebuild {
-        rebuild_aggregates(&tx)?;
-    }
-    let t_rebuild = t.elapsed();
     tx.commit()?;
     if timing {
         eprintln!(
-            "writer: {events} events, busy {busy:?}, last flush {t_flush:?}, rebuild {:?}, commit {:?}",
-            t_rebuild - t_flush,
-            t.elapsed() - t_rebuild
+            "writer: {events} events, busy {busy:?}, last flush {t_flush:?}, commit {:?}",
+            t.elapsed() - t_flush
         );
         eprintln!(
             "writer phases (buffer, entries, cursors, aggregates): {:?}",
@@ -577,6 +584,11 @@ fn write_all(
         );
     }
     Ok(())
+}
+
+/// The identity of a (session, project) pair, as the writer looks its dims row up.
+fn dim_hash(session: &str, project: &str) -> i64 {
+    tokenledger_collect::stable_hash(&[session.as_bytes(), project.as_bytes()]) as i64
 }
 
 /// The dims row of a (session, project) pair, by the pair's hash; inserted when new.
@@ -597,8 +609,7 @@ fn dim_id(
         while let Some(r) = rows.next()? {
             let s = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
             let p = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-            let k = tokenledger_collect::stable_hash(&[s.as_bytes(), p.as_bytes()]) as i64;
-            w.dims.insert(k, r.get(0)?);
+            w.dims.insert(dim_hash(s, p), r.get(0)?);
         }
         w.dims_loaded = true;
         if let Some(id) = w.dims.get(&hash) {
@@ -617,19 +628,7 @@ fn buffer(tx: &Transaction, w: &mut Writer, batch: Batch) -> Result<()> {
     for (hash, session, project) in &batch.dims {
         dim_id(tx, w, *hash, session, project)?;
     }
-    let models: Vec<u32> = batch
-        .models
-        .into_iter()
-        .map(|m| match w.model_ids.get(&m) {
-            Some(id) => *id,
-            None => {
-                let id = w.models.len() as u32;
-                w.model_ids.insert(m.clone(), id);
-                w.models.push(m);
-                id
-            }
-        })
-        .collect();
+    let models: Vec<u32> = batch.models.iter().map(|m| w.names.id(m)).collect();
     for mut p in batch.events {
         p.model = models[p.model as usize];
         p.dim = w.dims[&p.dim];
@@ -667,7 +666,7 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
         let inserted = insert.execute(params![
             p.key,
             p.source.as_str(),
-            w.models[p.model as usize],
+            w.names.name(p.model),
             p.ts,
             hour,
             p.dim,
@@ -682,7 +681,7 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
         ])? > 0;
         if inserted {
             report.entries_written += 1;
-            let key = (hour, p.source, p.model, p.dim);
+            let key = (hour, w.names.id(p.source.as_str()), p.model, p.dim);
             match (p.replay, p.grp) {
                 (true, Some(g)) => {
                     w.replay_groups.insert(g);
@@ -755,10 +754,12 @@ fn first_original(tx: &Transaction, w: &mut Writer, g: i64, id: i64) -> Result<(
     )?;
     let mut rows = copies.query([g])?;
     while let Some(r) = rows.next()? {
-        match row_key(w, r)? {
-            Some(key) => add(&mut w.deltas, key, &row_sums(r, 4)?, -1),
-            None => w.rebuild = true,
-        }
+        add(
+            &mut w.deltas,
+            row_key(&mut w.names, r)?,
+            &row_sums(r, 4)?,
+            -1,
+        );
     }
     Ok(())
 }
@@ -772,7 +773,7 @@ fn raise(tx: &Transaction, w: &mut Writer, id: i64, model: u32, t: &Sums) -> Res
         )?
         .query_row([id], |r| {
             Ok((
-                row_key(w, r)?,
+                row_key(&mut w.names, r)?,
                 row_sums(r, 4)?,
                 r.get::<_, Option<i64>>(10)?,
                 r.get::<_, bool>(11)?,
@@ -792,7 +793,7 @@ fn raise(tx: &Transaction, w: &mut Writer, id: i64, model: u32, t: &Sums) -> Res
     )?
     .execute(params![
         id,
-        w.models[model as usize],
+        w.names.name(model),
         t[0],
         t[1],
         t[2],
@@ -804,35 +805,24 @@ fn raise(tx: &Transaction, w: &mut Writer, id: i64, model: u32, t: &Sums) -> Res
         (true, Some(g)) => !has_original(tx, w, g)?,
         _ => true,
     };
-    match old_key {
-        Some(k) if counted => {
-            add(&mut w.deltas, k, &old_sums, -1);
-            add(&mut w.deltas, (k.0, k.1, model, k.3), t, 1);
-        }
-        Some(_) => {}
-        None => w.rebuild = true,
+    if counted {
+        add(&mut w.deltas, old_key, &old_sums, -1);
+        add(
+            &mut w.deltas,
+            (old_key.0, old_key.1, model, old_key.3),
+            t,
+            1,
+        );
     }
     Ok(true)
 }
 
-/// The aggregate key of an entry row read as `hour_start, source, model, dim, ...`; `None`
-/// for a source this version does not know.
-fn row_key(w: &mut Writer, r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<AggKey>> {
-    let source = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-    let Ok(source) = source.parse::<Source>() else {
-        return Ok(None);
+/// The aggregate key of an entry row read as `hour_start, source, model, dim, ...`.
+fn row_key(names: &mut Names, r: &rusqlite::Row<'_>) -> rusqlite::Result<AggKey> {
+    let text = |i: usize| -> rusqlite::Result<&str> {
+        r.get_ref(i)?.as_str().map_err(rusqlite::Error::from)
     };
-    let model = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-    let model = match w.model_ids.get(model) {
-        Some(id) => *id,
-        None => {
-            let id = w.models.len() as u32;
-            w.model_ids.insert(model.to_string(), id);
-            w.models.push(model.to_string());
-            id
-        }
-    };
-    Ok(Some((r.get(0)?, source, model, r.get(3)?)))
+    Ok((r.get(0)?, names.id(text(1)?), names.id(text(2)?), r.get(3)?))
 }
 
 fn row_sums(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sums> {
@@ -843,49 +833,54 @@ fn row_sums(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sums> {
     Ok(s)
 }
 
-/// Adds the buffered deltas to `agg` and `agg_hour`, in key order; rows that drop to zero go.
+/// Adds the buffered deltas to `agg` and `agg_hour`.
 fn apply_deltas(tx: &Transaction, w: &mut Writer) -> Result<()> {
-    let mut rows: Vec<(AggKey, Sums)> = w
-        .deltas
-        .drain()
+    let deltas = std::mem::take(&mut w.deltas);
+    add_to_aggregates(tx, &w.names, deltas, w.cold)
+}
+
+/// Adds `sums` to `agg` and their totals per (hour, source, model) to `agg_hour`, in key
+/// order; rows that drop to zero go. `insert_first` when most rows are new.
+fn add_to_aggregates(
+    tx: &Transaction,
+    names: &Names,
+    sums: HashMap<AggKey, Sums>,
+    insert_first: bool,
+) -> Result<()> {
+    let mut rows: Vec<(AggKey, Sums)> = sums
+        .into_iter()
         .filter(|(_, d)| d.iter().any(|v| *v != 0))
         .collect();
-    let models = &w.models;
-    rows.sort_unstable_by(|(a, _), (b, _)| {
-        (a.0, a.1.as_str(), &models[a.2 as usize], a.3).cmp(&(
-            b.0,
-            b.1.as_str(),
-            &models[b.2 as usize],
-            b.3,
-        ))
-    });
+    // Primary-key order (text compares as bytes, as SQLite's BINARY collation).
+    let text = |k: &AggKey| (k.0, names.name(k.1), names.name(k.2), k.3);
+    rows.sort_unstable_by(|(a, _), (b, _)| text(a).cmp(&text(b)));
     let mut agg = AggWriter::new(
         tx,
         "agg",
         "hour_start = ?1 AND source = ?2 AND model = ?3 AND dim = ?10",
-        w.cold,
+        insert_first,
     )?;
     let mut hour = AggWriter::new(
         tx,
         "agg_hour",
         "hour_start = ?1 AND source = ?2 AND model = ?3",
-        w.cold,
+        insert_first,
     )?;
     let mut i = 0;
     while i < rows.len() {
         // Rows of one (hour, source, model) are adjacent: their sum is one agg_hour delta.
         let (h, s, m, _) = rows[i].0;
-        let model = &models[m as usize];
+        let (source, model) = (names.name(s), names.name(m));
         let mut sum = [0i64; 6];
         while i < rows.len() && (rows[i].0 .0, rows[i].0 .1, rows[i].0 .2) == (h, s, m) {
             let ((_, _, _, dim), d) = &rows[i];
-            agg.apply(h, s.as_str(), model, Some(*dim), d)?;
+            agg.apply(h, source, model, Some(*dim), d)?;
             for (a, v) in sum.iter_mut().zip(d) {
                 *a = a.wrapping_add(*v);
             }
             i += 1;
         }
-        hour.apply(h, s.as_str(), model, None, &sum)?;
+        hour.apply(h, source, model, None, &sum)?;
     }
     Ok(())
 }
@@ -1005,11 +1000,11 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
 }
 
 /// Recomputes every aggregate from the entries in one pass, in memory, by the rule the deltas
-/// of [`flush`] keep: a replayed copy is left out when its group has an original. Used when a
-/// change could not be applied as a delta, by schema migrations, and to check the deltas.
+/// of [`flush`] keep: a replayed copy is left out when its group has an original. Used by
+/// schema migrations and to check the deltas ([`crate::Ledger::aggregates_consistent`]).
 /// Memory is bounded by the number of aggregate rows and replay groups, not of entries.
 pub(crate) fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
-    let mut originals: HashSet<i64> = HashSet::new();
+    let mut originals = KeySet::default();
     {
         let mut st =
             tx.prepare("SELECT grp FROM entries NOT INDEXED WHERE replay = 0 AND grp IS NOT NULL")?;
@@ -1018,20 +1013,8 @@ pub(crate) fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
             originals.insert(r.get(0)?);
         }
     }
-    // Source and model names interned: (hour, source, model, dim) -> sums.
-    let mut names: Vec<String> = Vec::new();
-    let mut name_ids: HashMap<String, u32> = HashMap::new();
-    let mut intern = |s: &str| -> u32 {
-        if let Some(id) = name_ids.get(s) {
-            return *id;
-        }
-        names.push(s.to_string());
-        name_ids.insert(s.to_string(), (names.len() - 1) as u32);
-        (names.len() - 1) as u32
-    };
-    // (hour, source name, model name, dim), names interned above.
-    type Key = (i64, u32, u32, i64);
-    let mut sums: HashMap<Key, Sums> = HashMap::new();
+    let mut names = Names::default();
+    let mut sums: HashMap<AggKey, Sums> = HashMap::new();
     {
         let mut st = tx.prepare(
             "SELECT hour_start, source, model, dim, input, cached, cache_creation, output,
@@ -1046,55 +1029,10 @@ pub(crate) fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
                     }
                 }
             }
-            let text = |i: usize| -> rusqlite::Result<&str> {
-                r.get_ref(i)?.as_str().map_err(rusqlite::Error::from)
-            };
-            let key = (r.get(0)?, intern(text(1)?), intern(text(2)?), r.get(3)?);
-            let acc = sums.entry(key).or_insert([0; 6]);
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a = a.saturating_add(r.get::<_, i64>(4 + i)?);
-            }
+            // The same arithmetic as the deltas, so that both give the same sums.
+            add(&mut sums, row_key(&mut names, r)?, &row_sums(r, 4)?, 1);
         }
     }
-    // Written in primary-key order (text compares as bytes, as SQLite's BINARY collation).
-    let mut rows: Vec<(Key, Sums)> = sums.into_iter().collect();
-    rows.sort_unstable_by(|(a, _), (b, _)| {
-        (a.0, &names[a.1 as usize], &names[a.2 as usize], a.3).cmp(&(
-            b.0,
-            &names[b.1 as usize],
-            &names[b.2 as usize],
-            b.3,
-        ))
-    });
     tx.execute_batch("DELETE FROM agg; DELETE FROM agg_hour;")?;
-    let mut agg = tx.prepare(
-        "INSERT INTO agg (hour_start, source, model, dim, input, cached, cache_creation, output,
-                          reasoning, total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
-    let mut hour = tx.prepare(
-        "INSERT INTO agg_hour (hour_start, source, model, input, cached, cache_creation, output,
-                               reasoning, total) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    let mut i = 0;
-    while i < rows.len() {
-        // Rows of one (hour, source, model) are adjacent: their sum is one agg_hour row.
-        let (h, s, m, _) = rows[i].0;
-        let mut total = [0i64; 6];
-        while i < rows.len() && (rows[i].0 .0, rows[i].0 .1, rows[i].0 .2) == (h, s, m) {
-            let ((_, _, _, dim), t) = &rows[i];
-            let (source, model) = (&names[s as usize], &names[m as usize]);
-            agg.execute(params![
-                h, source, model, dim, t[0], t[1], t[2], t[3], t[4], t[5]
-            ])?;
-            for (a, v) in total.iter_mut().zip(t) {
-                *a = a.saturating_add(*v);
-            }
-            i += 1;
-        }
-        let (source, model) = (&names[s as usize], &names[m as usize]);
-        hour.execute(params![
-            h, source, model, total[0], total[1], total[2], total[3], total[4], total[5]
-        ])?;
-    }
-    Ok(())
+    add_to_aggregates(tx, &names, sums, true)
 }
