@@ -18,27 +18,8 @@ CACHE="${BENCH_DIR:-$HOME/.cache/tokenledger-bench}"
 CORPUS="$CACHE/corpus-$SEED-$BYTES-$FILES"
 HOME_DIR="$CORPUS/home"
 OUT="$ROOT/bench/out"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenledger-target}"
-mkdir -p "$OUT" "$CACHE"
-
-need() { command -v "$1" >/dev/null 2>&1; }
-if [ ! -x /usr/bin/time ]; then
-  echo "installing GNU time" >&2
-  (apt-get install -y time || (apt-get update && apt-get install -y time)) >/dev/null
-fi
-need strace || { (apt-get install -y strace || (apt-get update && apt-get install -y strace)) >/dev/null; }
-
-echo "== building (release)" >&2
-(cd "$ROOT" && cargo build --release -q -p tokenledger -p tokenledger-testkit)
-TL="$CARGO_TARGET_DIR/release/tokenledger"
-GEN="$CARGO_TARGET_DIR/release/tokenledger-corpus"
-
-CCJS="${TOKENLEDGER_CCUSAGE:-$HOME/.cache/tokenledger-ccusage/node_modules/ccusage/src/cli.js}"
-if [ ! -f "$CCJS" ]; then
-  echo "== installing ccusage" >&2
-  "$ROOT/scripts/install-ccusage.sh" >&2
-fi
-case "$CCJS" in *.js) CC=(node "$CCJS") ;; *) CC=("$CCJS") ;; esac
+# shellcheck source=bench/local/common.sh
+. "$ROOT/bench/local/common.sh"
 
 if [ ! -f "$CORPUS/.complete" ]; then
   echo "== generating corpus in $CORPUS ($BYTES, >= $FILES files)" >&2
@@ -52,19 +33,6 @@ NBYTES=$(du -sb "$HOME_DIR" | cut -f1)
 
 # Clean environment: the corpus is the only HOME, no agent overrides.
 run_env=(env -u CODEX_HOME -u CLAUDE_CONFIG_DIR -u XDG_CONFIG_HOME -u XDG_DATA_HOME HOME="$HOME_DIR" NO_COLOR=1 TZ=UTC)
-
-# measure NAME CMD... -> appends "NAME wall_seconds max_rss_kb" to $OUT/measure.txt
-measure() {
-  local name="$1"; shift
-  local log="$OUT/time-$name.txt"
-  /usr/bin/time -v -o "$log" "$@" >"$OUT/stdout-$name.txt" 2>"$OUT/stderr-$name.txt" || {
-    echo "$name failed; see $OUT/stderr-$name.txt" >&2; cat "$OUT/stderr-$name.txt" >&2; exit 1; }
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
-  echo "$name $wall $rss" >> "$OUT/measure.txt"
-  printf '%-22s %8.2f s %10.1f MiB\n' "$name" "$wall" "$(echo "$rss/1024" | bc -l)" >&2
-}
 
 rm -f "$OUT/measure.txt"
 LEDGER="$(mktemp -d "$CACHE/ledger.XXXXXX")"
