@@ -90,6 +90,7 @@ pub struct ReportOpts {
 }
 
 /// Validated report settings.
+#[derive(Clone)]
 struct Plan {
     kind: ReportKind,
     tz: TimeZone,
@@ -200,21 +201,44 @@ impl tokenledger_ledger::Progress for Bar {
     }
 }
 
-/// Opens the local ledger and records what is new in the agents' logs; reports skipped lines.
-pub fn open_and_scan(verbose: bool, scan: bool) -> Result<Ledger> {
+fn open_ledger() -> Result<Ledger> {
     let dir = tokenledger_ledger::data_dir();
-    let mut ledger = Ledger::open_in(&dir)
-        .with_context(|| format!("cannot open the local ledger in {}", dir.display()))?;
-    if scan {
-        use std::io::IsTerminal;
-        let bar = Bar(std::io::stderr().is_terminal().then(|| {
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
-        }));
-        let collectors = tokenledger_collect::all_collectors();
-        let report = ledger.scan(&collectors, &Env::from_process(), &bar)?;
-        report_skipped(&report, verbose);
-    }
-    Ok(ledger)
+    Ledger::open_in(&dir)
+        .with_context(|| format!("cannot open the local ledger in {}", dir.display()))
+}
+
+/// Records what is new in the agents' logs (a bar on a terminal); reports skipped lines.
+fn scan_logs(ledger: &mut Ledger, verbose: bool) -> Result<tokenledger_ledger::ScanReport> {
+    use std::io::IsTerminal;
+    let bar = Bar(std::io::stderr().is_terminal().then(|| {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    }));
+    let collectors = tokenledger_collect::all_collectors();
+    let report = ledger.scan(&collectors, &Env::from_process(), &bar)?;
+    report_skipped(&report, verbose);
+    Ok(report)
+}
+
+/// Scans, then builds the report. A run with nothing new is mostly the walk of the agents'
+/// folders, so meanwhile the report is built from the ledger as it stands, on a second
+/// connection; it is kept when the scan read nothing (so wrote nothing), else built again.
+fn scan_and_build(verbose: bool, plan: &Plan, prices: &PriceTable) -> Result<Value> {
+    let mut ledger = open_ledger()?;
+    // The plan's day memo is per thread: the early build gets its own copy.
+    let early_plan = plan.clone();
+    std::thread::scope(|s| {
+        let early =
+            s.spawn(move || -> Result<Value> { build(&open_ledger()?, &early_plan, prices) });
+        let report = scan_logs(&mut ledger, verbose)?;
+        let early = match early.join() {
+            Ok(v) => v.ok(),
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match early {
+            Some(value) if report.files_read == 0 => Ok(value),
+            _ => build(&ledger, plan, prices),
+        }
+    })
 }
 
 /// Tells on stderr what was skipped: unreadable files by name, malformed lines by count.
@@ -285,11 +309,13 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
     let prices = load_prices(&args.opts)?;
     let t0 = std::time::Instant::now();
-    let ledger = open_and_scan(args.opts.verbose, !args.opts.no_scan)?;
-    let t1 = std::time::Instant::now();
-    let value = build(&ledger, &plan, &prices)?;
+    let value = if args.opts.no_scan {
+        build(&open_ledger()?, &plan, &prices)?
+    } else {
+        scan_and_build(args.opts.verbose, &plan, &prices)?
+    };
     if std::env::var_os("TOKENLEDGER_TIMING").is_some() {
-        eprintln!("report: scan {:?}, build {:?}", t1 - t0, t1.elapsed());
+        eprintln!("report: scan and build {:?}", t0.elapsed());
     }
     let mut out = std::io::stdout().lock();
     if plan.json {
@@ -306,16 +332,24 @@ fn in_range(plan: &Plan, day: Date) -> bool {
     plan.since.is_none_or(|s| day >= s) && plan.until.is_none_or(|u| day <= u)
 }
 
-fn period_of(kind: ReportKind, day: Date) -> String {
+/// The first day of the period (week from Monday, month) that holds `day`.
+fn period_start(kind: ReportKind, day: Date) -> Date {
     match kind {
         ReportKind::Weekly => {
             let back = day.weekday().to_monday_zero_offset() as i64;
-            day.checked_sub(jiff::Span::new().days(back))
-                .unwrap_or(day)
-                .to_string()
+            day.checked_sub(jiff::Span::new().days(back)).unwrap_or(day)
         }
-        ReportKind::Monthly => format!("{:04}-{:02}", day.year(), day.month()),
-        _ => day.to_string(),
+        ReportKind::Monthly => day.first_of_month(),
+        _ => day,
+    }
+}
+
+/// How a period starting on `start` is shown: `2025-10-06` (a day, or a week by its Monday),
+/// `2025-10` (a month).
+fn period_label(kind: ReportKind, start: Date) -> String {
+    match kind {
+        ReportKind::Monthly => format!("{:04}-{:02}", start.year(), start.month()),
+        _ => start.to_string(),
     }
 }
 
@@ -417,18 +451,20 @@ fn build(ledger: &Ledger, plan: &Plan, prices: &PriceTable) -> Result<Value> {
     };
     let rows: Vec<Row> = match plan.kind {
         ReportKind::Daily | ReportKind::Weekly | ReportKind::Monthly => {
-            let mut rows: BTreeMap<String, Cells> = BTreeMap::new();
+            // Keyed by the period's first day (the same order as its label), labelled at the end.
+            let mut rows: BTreeMap<Date, Cells> = BTreeMap::new();
             for b in reassigned(ledger, plan)? {
-                let period = period_of(plan.kind, plan.day(b.key.hour_start));
+                let period = period_start(plan.kind, plan.day(b.key.hour_start));
                 let cell = rows
                     .entry(period)
                     .or_default()
-                    .entry((b.key.source, b.key.model.clone()))
+                    .entry((b.key.source, b.key.model))
                     .or_default();
                 cell.tokens += b.tokens;
             }
             rows.into_iter()
-                .map(|(period, mut cells)| {
+                .map(|(start, mut cells)| {
+                    let period = period_label(plan.kind, start);
                     row_json("period", &period, &mut cells, plan.breakdown, &mut costing)
                 })
                 .collect()

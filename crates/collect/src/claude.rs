@@ -14,6 +14,7 @@ mod fast;
 use crate::walk::Walk;
 use crate::{stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, UsageEvent};
 use memchr::memmem;
+use rayon::prelude::*;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fs;
@@ -47,7 +48,11 @@ impl Collector for ClaudeCollector {
         let mut seen_roots: Vec<PathBuf> = Vec::new();
         let walk = Walk {
             max_depth: MAX_DEPTH,
-            accept: &|name| Path::new(name).extension().is_some_and(|e| e == "jsonl"),
+            // `<name>.jsonl` (a file named only `.jsonl` has no extension).
+            accept: &|name| {
+                let b = name.as_encoded_bytes();
+                b.len() > ".jsonl".len() && b.ends_with(b".jsonl")
+            },
             links_to_files_only: true,
         };
         for root in roots(env) {
@@ -58,18 +63,20 @@ impl Collector for ClaudeCollector {
                 continue;
             }
             seen_roots.push(real);
-            let mut found = walk.run(&projects);
-            found.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
-            files.extend(found.into_iter().map(|(path, meta)| {
-                (
-                    FoundFile {
-                        source: Source::Claude,
-                        path,
-                        whole: false,
-                    },
-                    meta,
-                )
-            }));
+            let mut found = walk.run_with(&projects, &|path, meta| {
+                let file = FoundFile {
+                    source: Source::Claude,
+                    path,
+                    whole: false,
+                };
+                (file, meta)
+            });
+            found.par_sort_unstable_by(|a, b| a.0.path.as_os_str().cmp(b.0.path.as_os_str()));
+            if files.is_empty() {
+                files = found;
+            } else {
+                files.append(&mut found);
+            }
         }
         files
     }

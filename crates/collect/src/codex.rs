@@ -43,6 +43,7 @@ use crate::{
     lines, stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, Skipped,
 };
 use memchr::memmem;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -153,8 +154,19 @@ pub fn scan_bytes_as(source: Source, data: &[u8], file_name: &str) -> FileScan {
 // Discovery
 
 fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<(FoundFile, Option<FileMeta>)> {
-    let accept = |name: &std::ffi::OsStr| is_rollout_name(Path::new(name));
-    let mut paths = Vec::new();
+    let accept = |name: &std::ffi::OsStr| name.to_str().is_some_and(is_rollout_file_name);
+    let make = |path: PathBuf, meta| {
+        let whole = path.as_os_str().as_encoded_bytes().ends_with(b".zst");
+        (
+            FoundFile {
+                source,
+                path,
+                whole,
+            },
+            meta,
+        )
+    };
+    let mut files: Vec<(FoundFile, Option<FileMeta>)> = Vec::new();
     for root in roots {
         // `sessions/YYYY/MM/DD/`; archived rollouts live in one flat folder.
         for (dir, max_depth) in [
@@ -166,33 +178,24 @@ fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<(FoundFile, Optio
                 accept: &accept,
                 links_to_files_only: false,
             };
-            paths.extend(walk.run(&dir));
+            let mut found = walk.run_with(&dir, &make);
+            if files.is_empty() {
+                files = found;
+            } else {
+                files.append(&mut found);
+            }
         }
     }
-    paths.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
-    paths.dedup_by(|a, b| a.0 == b.0);
-    paths
-        .into_iter()
-        .map(|(path, meta)| {
-            (
-                FoundFile {
-                    source,
-                    whole: is_zst(&path),
-                    path,
-                },
-                meta,
-            )
-        })
-        .collect()
+    files.par_sort_unstable_by(|a, b| a.0.path.as_os_str().cmp(b.0.path.as_os_str()));
+    files.dedup_by(|a, b| a.0.path.as_os_str() == b.0.path.as_os_str());
+    files
 }
 
 /// Deep enough for `YYYY/MM/DD`, and a bound against pathological trees.
 const MAX_DEPTH: usize = 6;
 
-fn is_rollout_name(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-        n.starts_with("rollout-") && (n.ends_with(".jsonl") || n.ends_with(".jsonl.zst"))
-    })
+fn is_rollout_file_name(n: &str) -> bool {
+    n.starts_with("rollout-") && (n.ends_with(".jsonl") || n.ends_with(".jsonl.zst"))
 }
 
 fn is_zst(path: &Path) -> bool {

@@ -5,7 +5,6 @@ use crate::model::{is_known, UNKNOWN_MODEL};
 use crate::source::Source;
 use crate::tokens::TokenCounts;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// The identity of a bucket: one source, one model, one UTC half hour (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -22,20 +21,21 @@ pub struct Bucket {
     pub tokens: TokenCounts,
 }
 
-/// The known model with the largest `total_tokens`; ties go to the smallest name.
-fn dominant_known(models: &BTreeMap<String, TokenCounts>) -> Option<&str> {
-    let mut best: Option<(&str, u64)> = None;
-    // BTreeMap iterates names in ascending order, so a strict `>` keeps the smallest on ties.
-    for (model, t) in models {
-        if !is_known(model) {
+/// Index of the known model with the largest `total_tokens` in one group (sorted by model
+/// name, names unique); ties go to the smallest name.
+fn dominant_known(group: &[Bucket]) -> Option<usize> {
+    let mut best: Option<(usize, u64)> = None;
+    // Names ascend within a group, so a strict `>` keeps the smallest on ties.
+    for (i, b) in group.iter().enumerate() {
+        if !is_known(&b.key.model) {
             continue;
         }
         match best {
-            Some((_, total)) if t.total_tokens <= total => {}
-            _ => best = Some((model.as_str(), t.total_tokens)),
+            Some((_, total)) if b.tokens.total_tokens <= total => {}
+            _ => best = Some((i, b.tokens.total_tokens)),
         }
     }
-    best.map(|(m, _)| m)
+    best.map(|(i, _)| i)
 }
 
 /// Applies the unknown-model reassignment to a set of buckets and returns them sorted by key.
@@ -48,43 +48,74 @@ fn dominant_known(models: &BTreeMap<String, TokenCounts>) -> Option<&str> {
 ///
 /// Buckets with the same key are merged first. Totals are conserved, the output is
 /// deterministic, and applying it to its own output changes nothing.
+///
+/// Reports run this over the whole ledger on every call, so it works on one sorted vector
+/// (groups are runs of it) rather than on maps of strings.
 pub fn reassign_unknown(buckets: impl IntoIterator<Item = Bucket>) -> Vec<Bucket> {
-    // (source, hour_start) -> model -> totals
-    let mut groups: BTreeMap<(Source, i64), BTreeMap<String, TokenCounts>> = BTreeMap::new();
-    for b in buckets {
-        *groups
-            .entry((b.key.source, b.key.hour_start))
-            .or_default()
-            .entry(b.key.model)
-            .or_default() += b.tokens;
-    }
+    let mut v: Vec<Bucket> = buckets.into_iter().collect();
+    let group_order = |b: &Bucket| (b.key.source, b.key.hour_start);
+    v.sort_unstable_by(|a, b| {
+        group_order(a)
+            .cmp(&group_order(b))
+            .then_with(|| a.key.model.cmp(&b.key.model))
+    });
+    // Same key: one bucket.
+    v.dedup_by(|later, kept| {
+        let same = later.key == kept.key;
+        if same {
+            kept.tokens += later.tokens;
+        }
+        same
+    });
 
-    // Step 1: within each source + half hour.
-    for models in groups.values_mut() {
-        if let Some(dominant) = dominant_known(models).map(str::to_string) {
-            if let Some(unknown) = models.remove(UNKNOWN_MODEL) {
-                *models.get_mut(&dominant).expect("dominant exists") += unknown;
-            }
+    // Groups: runs of one source and half hour.
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    for i in 1..=v.len() {
+        if i == v.len() || group_order(&v[i]) != group_order(&v[start]) {
+            groups.push(start..i);
+            start = i;
         }
     }
 
+    // Step 1: within each source + half hour. A bucket whose totals moved is marked gone.
+    let mut gone = vec![false; v.len()];
+    let mut dominant: Vec<Option<usize>> = Vec::with_capacity(groups.len());
+    for g in &groups {
+        let best = dominant_known(&v[g.clone()]).map(|i| g.start + i);
+        if let Some(best) = best {
+            if let Some(u) = v[g.clone()].iter().position(|b| !is_known(&b.key.model)) {
+                let unknown = v[g.start + u].tokens;
+                v[best].tokens += unknown;
+                gone[g.start + u] = true;
+            }
+        }
+        dominant.push(best);
+    }
+
     // Step 2: every-code unknown -> nearest codex half hour's dominant known model.
-    let codex: Vec<(i64, Option<String>)> = groups
+    let codex: Vec<(i64, Option<usize>)> = groups
         .iter()
-        .filter(|((s, _), _)| *s == Source::Codex)
-        .map(|((_, h), models)| (*h, dominant_known(models).map(str::to_string)))
+        .zip(&dominant)
+        .filter(|(g, _)| v[g.start].key.source == Source::Codex)
+        .map(|(g, d)| (v[g.start].key.hour_start, *d))
         .collect();
     if !codex.is_empty() {
-        for ((source, hour), models) in groups.iter_mut() {
-            if *source != Source::EveryCode || dominant_known(models).is_some() {
+        for (g, d) in groups.iter().zip(&dominant) {
+            if v[g.start].key.source != Source::EveryCode || d.is_some() {
                 continue;
             }
-            let Some(unknown) = models.get(UNKNOWN_MODEL).copied() else {
+            // No known model in the group: its only bucket left is `unknown`.
+            let Some(u) = v[g.clone()]
+                .iter()
+                .position(|b| b.key.model == UNKNOWN_MODEL)
+            else {
                 continue;
             };
+            let hour = v[g.start].key.hour_start;
             // `codex` is sorted by hour: find the first at or after `hour` and compare it with the
             // one before; the earlier wins a tie.
-            let idx = codex.partition_point(|(h, _)| *h < *hour);
+            let idx = codex.partition_point(|(h, _)| *h < hour);
             let after = codex.get(idx);
             let before = idx.checked_sub(1).and_then(|i| codex.get(i));
             let nearest = match (before, after) {
@@ -99,28 +130,16 @@ pub fn reassign_unknown(buckets: impl IntoIterator<Item = Bucket>) -> Vec<Bucket
                 (None, Some(a)) => a,
                 (None, None) => continue,
             };
-            if let Some(model) = &nearest.1 {
-                models.remove(UNKNOWN_MODEL);
-                *models.entry(model.clone()).or_default() += unknown;
+            if let Some(model) = nearest.1 {
+                v[g.start + u].key.model = v[model].key.model.clone();
             }
         }
     }
 
-    let mut out: Vec<Bucket> = groups
-        .into_iter()
-        .flat_map(|((source, hour_start), models)| {
-            models.into_iter().map(move |(model, tokens)| Bucket {
-                key: BucketKey {
-                    source,
-                    model,
-                    hour_start,
-                },
-                tokens,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    out
+    let mut gone = gone.into_iter();
+    v.retain(|_| !gone.next().unwrap_or(false));
+    v.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    v
 }
 
 #[cfg(test)]

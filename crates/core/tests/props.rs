@@ -6,7 +6,15 @@ use tokenledger_core::{floor_half_hour, reassign_unknown, Bucket, BucketKey, Sou
 fn arb_bucket() -> impl Strategy<Value = Bucket> {
     (
         prop::sample::select(Source::ALL.to_vec()),
-        prop::sample::select(vec!["unknown", "gpt-5", "gpt-5-mini", "claude-x", "b", "a"]),
+        prop::sample::select(vec![
+            "unknown",
+            "gpt-5",
+            "gpt-5-mini",
+            "claude-x",
+            "b",
+            "a",
+            "",
+        ]),
         0i64..40,
         (
             0u64..1_000_000,
@@ -24,6 +32,70 @@ fn arb_bucket() -> impl Strategy<Value = Bucket> {
             },
             tokens: TokenCounts::new(i, c, w, o, r),
         })
+}
+
+/// The reassignment written the plain way (maps of groups), as the faster one must agree
+/// with it: SPEC section 1, step by step.
+fn reference(buckets: Vec<Bucket>) -> Vec<Bucket> {
+    use std::collections::BTreeMap;
+    fn dominant(models: &BTreeMap<String, TokenCounts>) -> Option<String> {
+        let mut best: Option<(&String, u64)> = None;
+        for (m, t) in models {
+            if m != "unknown" && best.is_none_or(|(_, total)| t.total_tokens > total) {
+                best = Some((m, t.total_tokens));
+            }
+        }
+        best.map(|(m, _)| m.clone())
+    }
+    let mut groups: BTreeMap<(Source, i64), BTreeMap<String, TokenCounts>> = BTreeMap::new();
+    for b in buckets {
+        *groups
+            .entry((b.key.source, b.key.hour_start))
+            .or_default()
+            .entry(b.key.model)
+            .or_default() += b.tokens;
+    }
+    for models in groups.values_mut() {
+        if let Some(d) = dominant(models) {
+            if let Some(u) = models.remove("unknown") {
+                *models.get_mut(&d).unwrap() += u;
+            }
+        }
+    }
+    let codex: Vec<(i64, Option<String>)> = groups
+        .iter()
+        .filter(|((s, _), _)| *s == Source::Codex)
+        .map(|((_, h), m)| (*h, dominant(m)))
+        .collect();
+    for ((source, hour), models) in groups.iter_mut() {
+        if *source != Source::EveryCode || dominant(models).is_some() {
+            continue;
+        }
+        let Some(u) = models.get("unknown").copied() else {
+            continue;
+        };
+        // Nearest codex half hour by distance, the earlier on a tie.
+        let nearest = codex.iter().min_by_key(|(h, _)| ((h - hour).abs(), *h));
+        if let Some((_, Some(m))) = nearest {
+            models.remove("unknown");
+            *models.entry(m.clone()).or_default() += u;
+        }
+    }
+    let mut out: Vec<Bucket> = groups
+        .into_iter()
+        .flat_map(|((source, hour_start), models)| {
+            models.into_iter().map(move |(model, tokens)| Bucket {
+                key: BucketKey {
+                    source,
+                    model,
+                    hour_start,
+                },
+                tokens,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
 fn total(bs: &[Bucket]) -> TokenCounts {
@@ -65,6 +137,11 @@ proptest! {
                 prop_assert!(!known_peer);
             }
         }
+    }
+
+    #[test]
+    fn agrees_with_the_plain_reassignment(input in prop::collection::vec(arb_bucket(), 0..80)) {
+        prop_assert_eq!(reassign_unknown(input.clone()), reference(input));
     }
 
     #[test]

@@ -184,20 +184,38 @@ impl Ledger {
         push_filter(filter, &mut sql, &mut args);
         sql.push_str(" ORDER BY hour_start");
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                read_tokens(r, 3)?,
-            ))
-        })?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (source, model, hour_start, tokens) = row?;
-            let Ok(source) = source.parse::<Source>() else {
+        // Every report reads the whole rollup: text is compared in place, not copied per row
+        // (sources parse once per name, models are cloned from the last one seen).
+        let mut sources: Vec<(String, Option<Source>)> = Vec::new();
+        let mut models: std::collections::HashSet<String> = std::collections::HashSet::new();
+        while let Some(r) = rows.next()? {
+            let text = |i: usize| -> rusqlite::Result<&str> {
+                r.get_ref(i)?.as_str().map_err(rusqlite::Error::from)
+            };
+            let name = text(0)?;
+            let source = match sources.iter().find(|(n, _)| n == name) {
+                Some((_, s)) => *s,
+                None => {
+                    let s = name.parse::<Source>().ok();
+                    sources.push((name.to_string(), s));
+                    s
+                }
+            };
+            let Some(source) = source else {
                 continue;
             };
+            let name = text(1)?;
+            let model = match models.get(name) {
+                Some(m) => m.clone(),
+                None => {
+                    models.insert(name.to_string());
+                    name.to_string()
+                }
+            };
+            let hour_start: i64 = r.get(2)?;
+            let tokens = read_tokens(r, 3)?;
             out.push(Bucket {
                 key: BucketKey {
                     source,

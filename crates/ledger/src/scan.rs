@@ -66,12 +66,20 @@ struct Cursor {
     head_hash: u64,
 }
 
+/// A file the collectors found, with its metadata (`None` when it cannot be read).
+struct Found {
+    key: i64,
+    collector: usize,
+    file: FoundFile,
+    stat: Option<FileMeta>,
+}
+
+/// A found file with something to read.
 struct Work {
     key: i64,
     collector: usize,
     file: FoundFile,
-    /// `None` when the file's metadata cannot be read.
-    stat: Option<FileMeta>,
+    stat: FileMeta,
     offset: u64,
     state: String,
     /// The head recorded in the cursor (length, hash), checked before an appended read.
@@ -83,7 +91,7 @@ struct Work {
 impl Work {
     /// Bytes left to read.
     fn remaining(&self) -> u64 {
-        self.stat.map_or(0, |s| s.size).saturating_sub(self.offset)
+        self.stat.size.saturating_sub(self.offset)
     }
 }
 
@@ -116,45 +124,37 @@ impl Ledger {
         // Discover (collectors in parallel) and stat every file in parallel, while this
         // thread loads the cursors: a warm run is mostly file-system lookups.
         let conn = &self.conn;
-        let (cursors, mut work) = std::thread::scope(|s| {
+        let (cursors, found) = std::thread::scope(|s| {
             let files = s.spawn(|| {
-                // The walks take most metadata from directory entries; the rest is read here.
-                let found: Vec<Vec<(FoundFile, Option<FileMeta>)>> = collectors
+                // The walks take most metadata from directory entries; cursor keys (one hash
+                // of each path) are computed here too, in parallel. One list per collector.
+                let found: Vec<Vec<Found>> = collectors
                     .par_iter()
-                    .map(|c| c.discover_with_meta(env))
-                    .collect();
-                let mut seen = KeySet::with_capacity_and_hasher(
-                    found.iter().map(Vec::len).sum(),
-                    Default::default(),
-                );
-                // One list from here on: planned in place, then trimmed to what must be read.
-                let mut work: Vec<Work> = Vec::with_capacity(seen.capacity());
-                for (collector, files) in found.into_iter().enumerate() {
-                    for (file, stat) in files {
-                        let key = cursor_key_of(&file);
-                        if seen.insert(key) {
-                            work.push(Work {
-                                key,
+                    .enumerate()
+                    .map(|(collector, c)| {
+                        let mut found: Vec<Found> = c
+                            .discover_with_meta(env)
+                            .into_par_iter()
+                            .with_min_len(1024)
+                            .map(|(file, stat)| Found {
+                                key: cursor_key_of(&file),
                                 collector,
                                 file,
                                 stat,
-                                offset: 0,
-                                state: String::new(),
-                                head: (0, 0),
-                                known: false,
-                            });
-                        }
-                    }
-                }
-                drop(seen);
-                work.par_iter_mut()
-                    .with_min_len(256)
-                    .filter(|w| w.stat.is_none())
-                    .for_each(|w| w.stat = FileMeta::read(&w.file.path).ok());
+                            })
+                            .collect();
+                        found
+                            .par_iter_mut()
+                            .with_min_len(256)
+                            .filter(|f| f.stat.is_none())
+                            .for_each(|f| f.stat = FileMeta::read(&f.file.path).ok());
+                        found
+                    })
+                    .collect();
                 if timing {
                     eprintln!("scan: discovered at {:?}", started.elapsed());
                 }
-                work
+                found
             });
             let cursors = load_cursors(conn);
             if timing {
@@ -170,18 +170,40 @@ impl Ledger {
                 peak_memory()
             );
         }
-        report.files_seen = work.len() as u64;
-        let mut keep: Vec<bool> = Vec::with_capacity(work.len());
-        for w in work.iter_mut() {
-            let cursor = cursors
-                .binary_search_by_key(&w.key, |(k, _)| *k)
-                .ok()
-                .map(|i| &cursors[i].1);
-            keep.push(self.plan(w, cursor, &mut report)?);
-        }
-        let mut keep = keep.into_iter();
-        work.retain(|_| keep.next().unwrap_or(false));
+        // Planned in parallel (a warm scan is mostly this and the walk): only what changed
+        // becomes work. A file found twice (two roots naming one folder) is planned once.
+        report.files_seen = found.iter().map(Vec::len).sum::<usize>() as u64;
+        let planned: Vec<Planned> = found
+            .into_par_iter()
+            .flatten()
+            .filter_map(|f| {
+                let cursor = cursors
+                    .binary_search_by_key(&f.key, |(k, _)| *k)
+                    .ok()
+                    .map(|i| &cursors[i].1);
+                plan(f, cursor)
+            })
+            .collect();
         drop(cursors);
+        let mut seen = KeySet::default();
+        let mut work: Vec<Work> = Vec::with_capacity(planned.len());
+        for p in planned {
+            match p {
+                Planned::Unreadable(path) => report
+                    .skipped
+                    .push(Skipped::file(&path, SkipReason::Unreadable)),
+                Planned::Read(mut w, needs_state) => {
+                    if !seen.insert(w.key) {
+                        report.files_seen -= 1;
+                        continue;
+                    }
+                    if needs_state {
+                        w.state = load_state(&self.conn, w.key)?;
+                    }
+                    work.push(w);
+                }
+            }
+        }
 
         if work.is_empty() {
             // Nothing new: no write transaction (it would wait for another process's scan).
@@ -236,51 +258,65 @@ fn peak_memory() -> String {
         .join(", ")
 }
 
-impl Ledger {
-    /// Decides what to read of one found file from its cursor: sets the offset and state, and
-    /// returns whether there is anything to read.
-    fn plan(&self, w: &mut Work, cursor: Option<&Cursor>, report: &mut ScanReport) -> Result<bool> {
-        let Some(stat) = w.stat else {
-            report
-                .skipped
-                .push(Skipped::file(&w.file.path, SkipReason::Unreadable));
-            return Ok(false);
-        };
-        let Some(cur) = cursor else {
-            return Ok(true);
-        };
-        w.known = true;
-        w.head = (cur.head_len, cur.head_hash);
-        let same_identity = cur.dev == stat.dev && cur.inode == stat.inode;
-        let unchanged = same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
-        if w.file.whole {
-            if always_offer(w.file.source, &w.file) {
-                w.state = load_state(&self.conn, w.key)?;
-                return Ok(true);
-            }
-            return Ok(!unchanged);
+/// What planning decided for one found file that is not simply unchanged.
+enum Planned {
+    /// Its metadata could not be read.
+    Unreadable(std::path::PathBuf),
+    /// Something to read; `true` when the parser state of its cursor must be loaded.
+    Read(Work, bool),
+}
+
+/// Decides what to read of one found file from its cursor: `None` when there is nothing to
+/// read, else the work with its offset (the state is loaded by the caller, from the ledger).
+fn plan(f: Found, cursor: Option<&Cursor>) -> Option<Planned> {
+    let Some(stat) = f.stat else {
+        return Some(Planned::Unreadable(f.file.path));
+    };
+    let mut w = Work {
+        key: f.key,
+        collector: f.collector,
+        file: f.file,
+        stat,
+        offset: 0,
+        state: String::new(),
+        head: (0, 0),
+        known: false,
+    };
+    let Some(cur) = cursor else {
+        return Some(Planned::Read(w, false));
+    };
+    w.known = true;
+    w.head = (cur.head_len, cur.head_hash);
+    let same_identity = cur.dev == stat.dev && cur.inode == stat.inode;
+    let unchanged = same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
+    if w.file.whole {
+        if always_offer(w.file.source, &w.file) {
+            return Some(Planned::Read(w, true));
         }
-        if unchanged {
-            return Ok(false);
-        }
-        if !same_identity || stat.size < cur.offset {
-            return Ok(true);
-        }
-        if cur.head_len > 0 && head_hash(&w.file.path, cur.head_len) != Some(cur.head_hash) {
-            // Rewritten in place: read again from the start; dedupe keys make what was read
-            // before count once.
-            return Ok(true);
-        }
-        w.offset = cur.offset;
-        w.state = load_state(&self.conn, w.key)?;
-        Ok(true)
+        return (!unchanged).then_some(Planned::Read(w, false));
     }
+    if unchanged {
+        return None;
+    }
+    if !same_identity || stat.size < cur.offset {
+        return Some(Planned::Read(w, false));
+    }
+    if cur.head_len > 0 && head_hash(&w.file.path, cur.head_len) != Some(cur.head_hash) {
+        // Rewritten in place: read again from the start; dedupe keys make what was read
+        // before count once.
+        return Some(Planned::Read(w, false));
+    }
+    w.offset = cur.offset;
+    Some(Planned::Read(w, true))
 }
 
 /// The cursor key of a found file, from its path as stored (`to_string_lossy` borrows a UTF-8
 /// path, it copies only one that is not).
 fn cursor_key_of(file: &FoundFile) -> i64 {
-    crate::cursor_key(file.source.as_str(), &file.path.to_string_lossy())
+    match file.path.to_str() {
+        Some(path) => crate::cursor_key(file.source.as_str(), path),
+        None => crate::cursor_key(file.source.as_str(), &file.path.to_string_lossy()),
+    }
 }
 
 /// The parser state of one file's cursor (read only for files that changed: most do not).
@@ -428,14 +464,7 @@ impl Batch {
                 .into_os_string()
                 .into_string()
                 .unwrap_or_else(|p| p.to_string_lossy().into_owned()),
-            // Planned files always have metadata; a zero one would only make the next scan
-            // read the file again (what it holds counts once).
-            stat: w.stat.unwrap_or(FileMeta {
-                dev: 0,
-                inode: 0,
-                size: 0,
-                mtime_ns: 0,
-            }),
+            stat: w.stat,
             offset: scan.offset,
             state: scan.state,
             head_len,
