@@ -14,7 +14,6 @@ mod fast;
 use crate::walk::Walk;
 use crate::{stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, UsageEvent};
 use memchr::memmem;
-use rayon::prelude::*;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fs;
@@ -36,11 +35,15 @@ impl Collector for ClaudeCollector {
         Source::Claude
     }
 
+    /// Sorted by path (the walk's own order is not fixed).
     fn discover(&self, env: &Env) -> Vec<FoundFile> {
-        self.discover_with_meta(env)
+        let mut files: Vec<FoundFile> = self
+            .discover_with_meta(env)
             .into_iter()
             .map(|(f, _)| f)
-            .collect()
+            .collect();
+        files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        files
     }
 
     fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
@@ -71,7 +74,6 @@ impl Collector for ClaudeCollector {
                 };
                 (file, meta)
             });
-            found.par_sort_unstable_by(|a, b| a.0.path.as_os_str().cmp(b.0.path.as_os_str()));
             if files.is_empty() {
                 files = found;
             } else {

@@ -102,8 +102,11 @@ impl Collector for EveryCodeCollector {
     }
 }
 
+/// Sorted by path (the walk's own order is not fixed).
 fn without_meta(files: Vec<(FoundFile, Option<FileMeta>)>) -> Vec<FoundFile> {
-    files.into_iter().map(|(f, _)| f).collect()
+    let mut files: Vec<FoundFile> = files.into_iter().map(|(f, _)| f).collect();
+    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    files
 }
 
 /// Parses an in-memory Codex rollout named `file_name` (the name supplies the rollout id) as a
@@ -186,8 +189,11 @@ fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<(FoundFile, Optio
             }
         }
     }
-    files.par_sort_unstable_by(|a, b| a.0.path.as_os_str().cmp(b.0.path.as_os_str()));
-    files.dedup_by(|a, b| a.0.path.as_os_str() == b.0.path.as_os_str());
+    if roots.len() > 1 {
+        // Two roots may name one folder (`a,a/`): each rollout once. One walk never repeats.
+        files.par_sort_unstable_by(|a, b| a.0.path.as_os_str().cmp(b.0.path.as_os_str()));
+        files.dedup_by(|a, b| a.0.path == b.0.path);
+    }
     files
 }
 

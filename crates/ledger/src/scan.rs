@@ -177,10 +177,7 @@ impl Ledger {
             .into_par_iter()
             .flatten()
             .filter_map(|f| {
-                let cursor = cursors
-                    .binary_search_by_key(&f.key, |(k, _)| *k)
-                    .ok()
-                    .map(|i| &cursors[i].1);
+                let cursor = cursors.get(f.key);
                 plan(f, cursor)
             })
             .collect();
@@ -328,8 +325,52 @@ fn load_state(conn: &Connection, key: i64) -> Result<String> {
         .unwrap_or_default())
 }
 
-/// Every cursor, ordered by key (the table's order): looked up by binary search.
-fn load_cursors(conn: &Connection) -> Result<Vec<(i64, Cursor)>> {
+/// Every cursor, ordered by key, with a table of where each range of keys starts: keys are
+/// uniform hashes, so a lookup lands within a few entries of its cursor (a binary search over
+/// tens of thousands of cursors missed the cache at every step, for every file of a warm run).
+struct Cursors {
+    sorted: Vec<(i64, Cursor)>,
+    /// `starts[b]..starts[b + 1]`: the cursors whose key's top `bits` bits are `b`.
+    starts: Vec<u32>,
+    bits: u32,
+}
+
+impl Cursors {
+    fn new(sorted: Vec<(i64, Cursor)>) -> Cursors {
+        debug_assert!(sorted.windows(2).all(|w| w[0].0 < w[1].0));
+        // About four cursors per range; at least one range.
+        let bits = (sorted.len() / 4).max(1).ilog2().clamp(1, 24);
+        let ranges = 1usize << bits;
+        let mut starts = Vec::with_capacity(ranges + 1);
+        let mut i = 0;
+        for b in 0..ranges {
+            while i < sorted.len() && Self::range(sorted[i].0, bits) < b {
+                i += 1;
+            }
+            starts.push(i as u32);
+        }
+        starts.push(sorted.len() as u32);
+        Cursors {
+            sorted,
+            starts,
+            bits,
+        }
+    }
+
+    /// The range of `key`: its top bits, in an order that follows the signed keys' order.
+    fn range(key: i64, bits: u32) -> usize {
+        ((key as u64 ^ (1 << 63)) >> (64 - bits)) as usize
+    }
+
+    fn get(&self, key: i64) -> Option<&Cursor> {
+        let b = Self::range(key, self.bits);
+        let near = &self.sorted[self.starts[b] as usize..self.starts[b + 1] as usize];
+        near.iter().find(|(k, _)| *k == key).map(|(_, c)| c)
+    }
+}
+
+/// Every cursor, read in key order (the table's order).
+fn load_cursors(conn: &Connection) -> Result<Cursors> {
     let mut stmt = conn.prepare(
         "SELECT key, dev, inode, size, mtime_ns, offset, head_len, head_hash FROM cursors
          ORDER BY key",
@@ -353,7 +394,7 @@ fn load_cursors(conn: &Connection) -> Result<Vec<(i64, Cursor)>> {
             },
         ));
     }
-    Ok(out)
+    Ok(Cursors::new(out))
 }
 
 /// Cursor keys, dims and replay groups are hashes already: they index hash tables as they are.
@@ -1064,4 +1105,46 @@ pub(crate) fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
     }
     tx.execute_batch("DELETE FROM agg; DELETE FROM agg_hour;")?;
     add_to_aggregates(tx, &names, sums, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cursor(n: i64) -> Cursor {
+        Cursor {
+            dev: 1,
+            inode: n as u64,
+            size: 2,
+            mtime_ns: 3,
+            offset: 4,
+            head_len: 5,
+            head_hash: 6,
+        }
+    }
+
+    proptest! {
+        /// Every stored key is found with its own cursor, and no other key is, whatever the
+        /// keys' spread (both signs, the extremes, clusters) and count.
+        #[test]
+        fn cursor_lookup_finds_exactly_the_stored_keys(
+            mut keys in prop::collection::vec(
+                prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX), Just(0i64), -50i64..50],
+                0..600,
+            ),
+            probes in prop::collection::vec(any::<i64>(), 0..200),
+        ) {
+            keys.sort_unstable();
+            keys.dedup();
+            let index = Cursors::new(keys.iter().map(|k| (*k, cursor(*k))).collect());
+            for k in &keys {
+                prop_assert_eq!(index.get(*k).map(|c| c.inode), Some(*k as u64));
+            }
+            for p in probes.iter().chain([i64::MIN, i64::MAX, 0, -1].iter()) {
+                let expected = keys.binary_search(p).is_ok();
+                prop_assert_eq!(index.get(*p).is_some(), expected);
+            }
+        }
+    }
 }
