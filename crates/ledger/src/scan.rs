@@ -211,7 +211,7 @@ impl Ledger {
         work.sort_by_key(|w| std::cmp::Reverse(w.remaining()));
         progress.start(work.len() as u64, total_bytes);
 
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(32);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(256);
         let conn = &mut self.conn;
         let writer_result = std::thread::scope(|s| {
             s.spawn(move || {
@@ -589,6 +589,9 @@ fn write_all(
     rx: std::sync::mpsc::Receiver<Batch>,
     report: &mut ScanReport,
 ) -> Result<()> {
+    // What earlier writes left in the write-ahead log goes into the database file now, while
+    // the readers parse (see `Ledger::open`); it skips what a reader still uses.
+    checkpoint(conn)?;
     // Write transactions take the write lock when they begin, so that what this one reads (is
     // the ledger empty? which dims exist?) stays true until it commits, whatever another
     // tokenledger process does meanwhile.
@@ -628,6 +631,8 @@ fn write_all(
             flush(&tx, &mut w, report)?;
             if last_commit.elapsed() >= COMMIT_EVERY {
                 tx.commit()?;
+                // A long scan keeps the log from growing with everything it writes.
+                checkpoint(conn)?;
                 tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 last_commit = std::time::Instant::now();
                 // Another process may have written between the two transactions: what this
@@ -653,6 +658,13 @@ fn write_all(
             w.phases
         );
     }
+    Ok(())
+}
+
+/// Copies the committed write-ahead log into the database file as far as readers allow
+/// (`PASSIVE`: never waits for them).
+fn checkpoint(conn: &Connection) -> Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
     Ok(())
 }
 

@@ -505,3 +505,56 @@ fn nothing_new_does_not_wait_for_a_writer() {
     assert_eq!(r, Ok(0));
     other.execute_batch("ROLLBACK").unwrap();
 }
+
+/// Runs that write leave their write-ahead log for the next writing scan to fold into the
+/// database file (no checkpoint on commit or close, where it would end every such run); what
+/// they wrote is read back by every later connection meanwhile, and repeated writing scans
+/// keep the log from growing with each one.
+#[test]
+fn write_ahead_log_is_folded_by_the_next_writing_scan() {
+    let (dir, c, mut l) = setup();
+    let wal = dir.path().join("home/ledger.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let f = dir.path().join("logs/a.log");
+    let line = |i: usize| format!("{} k{i} {}\n", 100 + i, 1 + i % 7);
+    let mut expected = 0;
+    for i in 0..400 {
+        append(&f, &line(i));
+        expected += 1 + (i % 7) as u64;
+    }
+    // Many files, so that the first scan writes many pages.
+    for j in 0..300 {
+        append(&dir.path().join(format!("logs/g{j}.log")), &line(1000 + j));
+        expected += 1 + ((1000 + j) % 7) as u64;
+    }
+    l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    drop(l);
+    let after_first = wal_len();
+    assert!(after_first > 0, "the first scan's log was folded at close");
+    // A new connection reads what is only in the log.
+    let mut l = Ledger::open_in(&dir.path().join("home")).unwrap();
+    assert_eq!(total(&l), expected);
+    assert!(l.aggregates_consistent().unwrap());
+    // Each later scan writes a little and folds the log first: the log stays the size the
+    // largest scan needed, it does not grow by what every run adds.
+    for i in 400..440 {
+        append(&f, &line(i));
+        expected += 1 + (i % 7) as u64;
+        l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    }
+    assert_eq!(total(&l), expected);
+    assert!(
+        wal_len() <= after_first,
+        "the log grew from {after_first} to {} bytes over 40 writing scans",
+        wal_len()
+    );
+    let db = rusqlite::Connection::open(dir.path().join("home/ledger.db")).unwrap();
+    let (busy, log, folded): (i64, i64, i64) = db
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(busy, 0);
+    // Only the last scan's pages were still to fold.
+    assert!(log < 40, "{log} log pages were never folded ({folded} now)");
+}
