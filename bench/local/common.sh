@@ -23,15 +23,41 @@ if [ ! -f "$CCJS" ]; then
 fi
 case "$CCJS" in *.js) CC=(node "$CCJS") ;; *) CC=("$CCJS") ;; esac
 
-# measure NAME CMD... -> appends "NAME wall_seconds max_rss_kb" to $OUT/measure.txt
+# Rounds of measurements: each contender runs once per round, rounds interleave so that drift on
+# a shared machine falls on all of them alike; the summary takes medians.
+RUNS="${BENCH_RUNS:-3}"
+
+# measure NAME CMD... -> appends "NAME wall_seconds max_rss_kb" to $OUT/measure.txt. Wall time
+# is taken with nanosecond clocks around the run (GNU time prints hundredths, too coarse for a
+# 0.1 s run); peak RSS comes from GNU time.
 measure() {
   local name="$1"; shift
   local log="$OUT/time-$name.txt"
+  local start end
+  start=$(date +%s%N)
   /usr/bin/time -v -o "$log" "$@" >"$OUT/stdout-$name.txt" 2>"$OUT/stderr-$name.txt" || {
     echo "$name failed; see $OUT/stderr-$name.txt" >&2; cat "$OUT/stderr-$name.txt" >&2; exit 1; }
+  end=$(date +%s%N)
   local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  wall=$(echo "($end - $start) / 1000000000" | bc -l)
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
   echo "$name $wall $rss" >> "$OUT/measure.txt"
-  printf '%-22s %8.2f s %10.1f MiB\n' "$name" "$wall" "$(echo "$rss/1024" | bc -l)" >&2
+  printf '%-22s %8.3f s %10.1f MiB\n' "$name" "$wall" "$(echo "$rss/1024" | bc -l)" >&2
 }
+
+# The summary's reading of measure.txt (Python, shared by both benchmarks): per contender the
+# median wall time and the peak RSS (tokenledger: the highest of its runs; ccusage: the median).
+read_measures_py='
+import statistics
+def read_measures(path):
+    runs = {}
+    for line in open(path):
+        n, w, r = line.split()
+        runs.setdefault(n, []).append((float(w), int(r)))
+    m = {}
+    for n, v in runs.items():
+        rss = [r for _, r in v]
+        peak = max(rss) if n.startswith("tokenledger") else statistics.median(rss)
+        m[n] = (statistics.median(w for w, _ in v), peak)
+    return m, max(len(v) for v in runs.values())
+'

@@ -44,11 +44,15 @@ LEDGER="$(mktemp -d "$CACHE/ledger.XXXXXX")"
 echo "== corpus: $NFILES files, $NBYTES bytes; machine: $(nproc) cores" >&2
 find "$HOME_DIR" -type f -exec cat {} + >/dev/null
 
-for agent in claude codex gemini opencode qwen; do
-  measure "ccusage-$agent" "${run_env[@]}" "${CC[@]}" "$agent" daily --offline
+for round in $(seq "$RUNS"); do
+  echo "== round $round of $RUNS" >&2
+  for agent in claude codex gemini opencode qwen; do
+    measure "ccusage-$agent" "${run_env[@]}" "${CC[@]}" "$agent" daily --offline
+  done
+  rm -rf "$LEDGER" && mkdir -p "$LEDGER"
+  measure tokenledger-cold "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
+  measure tokenledger-warm "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
 done
-measure tokenledger-cold "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
-measure tokenledger-warm "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
 
 strace -f -y -qq -e trace=read,pread64,readv,preadv,openat -o "$OUT/strace-warm.txt" \
   "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily >/dev/null 2>&1
@@ -74,11 +78,11 @@ PY
 )
 rm -rf "$LEDGER"
 
-python3 - "$OUT/measure.txt" "$NFILES" "$NBYTES" "$WARM_READ" "$WARM_DB" "$DB_SIZE" "$EXACT" <<'PY' | tee "$OUT/summary.txt"
+python3 -c "$read_measures_py
+exec(open('/dev/stdin').read())" "$OUT/measure.txt" "$NFILES" "$NBYTES" "$WARM_READ" "$WARM_DB" "$DB_SIZE" "$EXACT" <<'PY' | tee "$OUT/summary.txt"
 import sys
-m = {}
-for line in open(sys.argv[1]):
-    n, w, r = line.split(); m[n] = (float(w), int(r))
+m, rounds = read_measures(sys.argv[1])
+print(f"medians of {rounds} interleaved rounds")
 files, size, warm_read, warm_db, db_size, exact = sys.argv[2:8]
 ccs = [k for k in m if k.startswith("ccusage-")]
 cc_wall = sum(m[k][0] for k in ccs); cc_rss = max(m[k][1] for k in ccs)

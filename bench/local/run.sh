@@ -40,10 +40,14 @@ echo "== corpus: $NFILES files, $NBYTES bytes; machine: $(nproc) cores" >&2
 # Warm the page cache once so that every contender reads from memory.
 find "$HOME_DIR" -type f -exec cat {} + >/dev/null
 
-measure ccusage-claude "${run_env[@]}" "${CC[@]}" claude daily --offline
-measure ccusage-codex "${run_env[@]}" "${CC[@]}" codex daily --offline
-measure tokenledger-cold "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
-measure tokenledger-warm "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
+for round in $(seq "$RUNS"); do
+  echo "== round $round of $RUNS" >&2
+  measure ccusage-claude "${run_env[@]}" "${CC[@]}" claude daily --offline
+  measure ccusage-codex "${run_env[@]}" "${CC[@]}" codex daily --offline
+  rm -rf "$LEDGER" && mkdir -p "$LEDGER"
+  measure tokenledger-cold "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
+  measure tokenledger-warm "${run_env[@]}" TOKENLEDGER_HOME="$LEDGER" "$TL" report daily
+done
 
 # Log bytes read by a warm run: read/pread calls on files under the corpus.
 strace -f -y -qq -e trace=read,pread64,readv,preadv,openat -o "$OUT/strace-warm.txt" \
@@ -62,11 +66,11 @@ PY
 )
 rm -rf "$LEDGER"
 
-python3 - "$OUT/measure.txt" "$NFILES" "$NBYTES" "$WARM_READ" "$WARM_OPEN" "$EXACT" <<'PY' | tee "$OUT/summary.txt"
+python3 -c "$read_measures_py
+exec(open('/dev/stdin').read())" "$OUT/measure.txt" "$NFILES" "$NBYTES" "$WARM_READ" "$WARM_OPEN" "$EXACT" <<'PY' | tee "$OUT/summary.txt"
 import sys
-m = {}
-for line in open(sys.argv[1]):
-    n, w, r = line.split(); m[n] = (float(w), int(r))
+m, rounds = read_measures(sys.argv[1])
+print(f"medians of {rounds} interleaved rounds")
 files, size, warm_read, warm_open, exact = sys.argv[2:7]
 cc_wall = m["ccusage-claude"][0] + m["ccusage-codex"][0]
 cc_rss = max(m["ccusage-claude"][1], m["ccusage-codex"][1])
