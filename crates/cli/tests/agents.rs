@@ -196,6 +196,33 @@ fn every_source_equals_the_truth_and_a_rerun_changes_nothing() {
     assert_eq!(report(home.path(), ledger2.path()).stdout, first.stdout);
 }
 
+/// With every agent present, the OpenCode database included (it is offered to its collector on
+/// every run for its own change check), a re-run with nothing new writes nothing: it completes
+/// while another process holds the ledger's write lock, and reports the same.
+#[test]
+fn a_rerun_with_nothing_new_needs_no_write_lock() {
+    let home = tempfile::tempdir().unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    corpus(home.path(), 5);
+    let first = report(home.path(), ledger.path());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(sources(&actual(&first)).contains(&"opencode".to_string()));
+    let other = rusqlite::Connection::open(ledger.path().join("ledger.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (h, l) = (home.path().to_path_buf(), ledger.path().to_path_buf());
+    std::thread::spawn(move || {
+        let _ = done_tx.send(report(&h, &l));
+    });
+    // Only reached on failure: the run would block on the lock (busy timeout 30 s).
+    let second = done_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a run with nothing new waited for the ledger's write lock");
+    other.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.stdout, first.stdout);
+}
+
 #[test]
 fn bad_lines_in_every_new_format_are_skipped_and_named() {
     let home = tempfile::tempdir().unwrap();

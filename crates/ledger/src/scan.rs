@@ -86,6 +86,9 @@ struct Work {
     head: (u64, u64),
     /// Whether the ledger had a cursor for the file.
     known: bool,
+    /// The cursor's offset when the file's metadata has not changed since (a database offered
+    /// for its own change check): a scan that finds nothing new then has nothing to write.
+    same_as: Option<u64>,
 }
 
 impl Work {
@@ -278,6 +281,7 @@ fn plan(f: Found, cursor: Option<&Cursor>) -> Option<Planned> {
         state: String::new(),
         head: (0, 0),
         known: false,
+        same_as: None,
     };
     let Some(cur) = cursor else {
         return Some(Planned::Read(w, false));
@@ -288,6 +292,7 @@ fn plan(f: Found, cursor: Option<&Cursor>) -> Option<Planned> {
     let unchanged = same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
     if w.file.whole {
         if always_offer(w.file.source, &w.file) {
+            w.same_as = unchanged.then_some(cur.offset);
             return Some(Planned::Read(w, true));
         }
         return (!unchanged).then_some(Planned::Read(w, false));
@@ -449,6 +454,15 @@ struct Batch {
 
 impl Batch {
     fn add(&mut self, w: Work, mut scan: FileScan) {
+        self.bytes_read += scan.bytes_read;
+        if w.same_as == Some(scan.offset)
+            && scan.state == w.state
+            && scan.events.is_empty()
+            && scan.skipped.is_empty()
+        {
+            // Its cursor already says all this: nothing to write.
+            return;
+        }
         let (head_len, head_hash) = if w.file.whole {
             (0, 0)
         } else if let Some(head) = scan.head {
@@ -495,7 +509,6 @@ impl Batch {
             });
         }
         self.skipped.append(&mut scan.skipped);
-        self.bytes_read += scan.bytes_read;
         self.files.push(FileDone {
             key: w.key,
             source: w.file.source,
@@ -589,6 +602,18 @@ fn write_all(
     rx: std::sync::mpsc::Receiver<Batch>,
     report: &mut ScanReport,
 ) -> Result<()> {
+    // Nothing is written (no write lock, no checkpoint) until a batch has something to write:
+    // files offered for their own change check usually have not.
+    let mut rx = rx.into_iter();
+    let first = loop {
+        match rx.next() {
+            None => return Ok(()),
+            Some(b) if b.files.is_empty() && b.events.is_empty() && b.skipped.is_empty() => {
+                report.bytes_read += b.bytes_read;
+            }
+            Some(b) => break b,
+        }
+    };
     // What earlier writes left in the write-ahead log goes into the database file now, while
     // the readers parse (see `Ledger::open`); it skips what a reader still uses.
     checkpoint(conn)?;
@@ -619,7 +644,7 @@ fn write_all(
     let mut busy = std::time::Duration::ZERO;
     let mut events = 0usize;
     let mut last_commit = std::time::Instant::now();
-    for mut batch in rx {
+    for mut batch in std::iter::once(first).chain(rx) {
         let t = std::time::Instant::now();
         report.files_read += batch.files.len() as u64;
         report.bytes_read += batch.bytes_read;
