@@ -360,7 +360,8 @@ fn tokens_json(t: &TokenCounts, into: &mut Map<String, Value>) {
 }
 
 fn round_cost(c: f64) -> f64 {
-    (c * 1e6).round() / 1e6
+    // `+ 0.0` turns the -0.0 of an empty sum into 0.0 (else JSON says -0.0, tables $-0.00).
+    (c * 1e6).round() / 1e6 + 0.0
 }
 
 /// Usage per (source, model) inside a row.

@@ -366,9 +366,17 @@ fn empty_machine_reports_nothing_and_succeeds() {
     let v = h.json(&["report", "daily", "--json"]);
     assert_eq!(v["rows"].as_array().unwrap().len(), 0);
     assert_eq!(totals(&v), 0);
+    // Zero cost, not the -0.0 of an empty sum.
+    let cost = &v["totals"]["cost_usd"];
+    assert_eq!(cost.to_string(), "0.0", "{v}");
     let out = h.run(&["report", "daily"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("No usage"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("No usage"));
+    assert!(
+        table.contains("$0.00") && !table.contains("-0.00"),
+        "{table}"
+    );
 }
 
 #[test]
