@@ -159,7 +159,7 @@ pub fn scan_bytes_as(source: Source, data: &[u8], file_name: &str) -> FileScan {
 fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<(FoundFile, Option<FileMeta>)> {
     let accept = |name: &std::ffi::OsStr| name.to_str().is_some_and(is_rollout_file_name);
     let make = |path: PathBuf, meta| {
-        let whole = path.as_os_str().as_encoded_bytes().ends_with(b".zst");
+        let whole = crate::lines::is_zst(&path);
         (
             FoundFile {
                 source,
@@ -204,12 +204,6 @@ fn is_rollout_file_name(n: &str) -> bool {
     n.starts_with("rollout-") && (n.ends_with(".jsonl") || n.ends_with(".jsonl.zst"))
 }
 
-fn is_zst(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".zst"))
-}
-
 /// The thread UUID at the end of a rollout file name (`rollout-<ts>-<uuid>.jsonl[.zst]`).
 pub fn rollout_id_from_name(name: &str) -> Option<&str> {
     let stem = name.strip_suffix(".zst").unwrap_or(name);
@@ -239,7 +233,7 @@ fn scan_file(source: Source, file: &FoundFile, offset: u64, state: &str) -> File
     // A zstd file is re-read whole, so it always starts over. A missing or unreadable state
     // cannot carry the baseline forward, so the file is then re-read from the start: the
     // content-derived keys make what was read before merge with what is read again.
-    let whole = file.whole || is_zst(&file.path);
+    let whole = file.whole || crate::lines::is_zst(&file.path);
     let resumed = if whole || offset == 0 {
         None
     } else {

@@ -58,11 +58,7 @@ pub fn for_each_line(
         skipped.push(Skipped::file(path, SkipReason::Unreadable));
         return not_read;
     };
-    let is_zst = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".zst"));
-    if is_zst {
+    if is_zst(path) {
         let size = match file.metadata() {
             Ok(m) if !m.is_dir() => m.len(),
             _ => {
@@ -311,4 +307,10 @@ pub fn malformed(line: &[u8]) -> Option<SkipReason> {
         return Some(SkipReason::InvalidUtf8);
     }
     None
+}
+/// Whether `path` names a zstd-compressed log (`*.zst`): read whole, through a decoder.
+pub(crate) fn is_zst(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".zst"))
 }

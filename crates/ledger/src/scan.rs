@@ -32,7 +32,7 @@ impl Progress for NoProgress {}
 /// What a scan did.
 #[derive(Debug, Clone, Default)]
 pub struct ScanReport {
-    /// Files the collectors found.
+    /// Files the collectors found (one found under two roots counts twice unless it is read).
     pub files_seen: u64,
     /// Files that had something new and were read.
     pub files_read: u64,
@@ -312,8 +312,8 @@ fn plan(f: Found, cursor: Option<&Cursor>) -> Option<Planned> {
     Some(Planned::Read(w, true))
 }
 
-/// The cursor key of a found file, from its path as stored (`to_string_lossy` borrows a UTF-8
-/// path, it copies only one that is not).
+/// The cursor key of a found file, from its path as stored (lossy only for a path that is not
+/// UTF-8: checking with `to_str` first is the fast path, `to_string_lossy` checks byte by byte).
 fn cursor_key_of(file: &FoundFile) -> i64 {
     match file.path.to_str() {
         Some(path) => crate::cursor_key(file.source.as_str(), path),
