@@ -12,7 +12,9 @@
 mod fast;
 
 use crate::walk::Walk;
-use crate::{stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, UsageEvent};
+use crate::{
+    stable_hash, Collector, DirCache, Env, FileMeta, FileScan, FoundFile, SkipReason, UsageEvent,
+};
 use memchr::memmem;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -38,7 +40,7 @@ impl Collector for ClaudeCollector {
     /// Sorted by path (the walk's own order is not fixed).
     fn discover(&self, env: &Env) -> Vec<FoundFile> {
         let mut files: Vec<FoundFile> = self
-            .discover_with_meta(env)
+            .discover_with_meta(env, &DirCache::none())
             .into_iter()
             .map(|(f, _)| f)
             .collect();
@@ -46,7 +48,11 @@ impl Collector for ClaudeCollector {
         files
     }
 
-    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
+    fn discover_with_meta(
+        &self,
+        env: &Env,
+        listings: &DirCache,
+    ) -> Vec<(FoundFile, Option<FileMeta>)> {
         let mut files = Vec::new();
         let mut seen_roots: Vec<PathBuf> = Vec::new();
         let walk = Walk {
@@ -57,6 +63,7 @@ impl Collector for ClaudeCollector {
                 b.len() > ".jsonl".len() && b.ends_with(b".jsonl")
             },
             links_to_files_only: true,
+            listings,
         };
         for root in roots(env) {
             let projects = root.join("projects");

@@ -40,7 +40,8 @@
 
 use crate::walk::Walk;
 use crate::{
-    lines, stable_hash, Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, Skipped,
+    lines, stable_hash, Collector, DirCache, Env, FileMeta, FileScan, FoundFile, SkipReason,
+    Skipped,
 };
 use memchr::memmem;
 use rayon::prelude::*;
@@ -64,14 +65,18 @@ impl Collector for CodexCollector {
 
     /// Roots: `$CODEX_HOME` (comma-separated list allowed), else `~/.codex`.
     fn discover(&self, env: &Env) -> Vec<FoundFile> {
-        without_meta(self.discover_with_meta(env))
+        without_meta(self.discover_with_meta(env, &DirCache::none()))
     }
 
-    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
+    fn discover_with_meta(
+        &self,
+        env: &Env,
+        listings: &DirCache,
+    ) -> Vec<(FoundFile, Option<FileMeta>)> {
         let roots = env
             .dir_list("CODEX_HOME")
             .unwrap_or_else(|| vec![env.home_join(".codex")]);
-        discover_rollouts(Source::Codex, &roots)
+        discover_rollouts(Source::Codex, &roots, listings)
     }
 
     fn scan(&self, file: &FoundFile, offset: u64, state: &str) -> FileScan {
@@ -86,15 +91,19 @@ impl Collector for EveryCodeCollector {
 
     /// Roots: `$CODE_HOME`, else `$CODEX_HOME`, else `~/.code` (lists allowed).
     fn discover(&self, env: &Env) -> Vec<FoundFile> {
-        without_meta(self.discover_with_meta(env))
+        without_meta(self.discover_with_meta(env, &DirCache::none()))
     }
 
-    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
+    fn discover_with_meta(
+        &self,
+        env: &Env,
+        listings: &DirCache,
+    ) -> Vec<(FoundFile, Option<FileMeta>)> {
         let roots = env
             .dir_list("CODE_HOME")
             .or_else(|| env.dir_list("CODEX_HOME"))
             .unwrap_or_else(|| vec![env.home_join(".code")]);
-        discover_rollouts(Source::EveryCode, &roots)
+        discover_rollouts(Source::EveryCode, &roots, listings)
     }
 
     fn scan(&self, file: &FoundFile, offset: u64, state: &str) -> FileScan {
@@ -156,7 +165,11 @@ pub fn scan_bytes_as(source: Source, data: &[u8], file_name: &str) -> FileScan {
 // ---------------------------------------------------------------------------------------------
 // Discovery
 
-fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<(FoundFile, Option<FileMeta>)> {
+fn discover_rollouts(
+    source: Source,
+    roots: &[PathBuf],
+    listings: &DirCache,
+) -> Vec<(FoundFile, Option<FileMeta>)> {
     let accept = |name: &std::ffi::OsStr| name.to_str().is_some_and(is_rollout_file_name);
     let make = |path: PathBuf, meta| {
         let whole = crate::lines::is_zst(&path);
@@ -180,6 +193,7 @@ fn discover_rollouts(source: Source, roots: &[PathBuf]) -> Vec<(FoundFile, Optio
                 max_depth,
                 accept: &accept,
                 links_to_files_only: false,
+                listings,
             };
             let mut found = walk.run_with(&dir, &make);
             if files.is_empty() {

@@ -9,6 +9,7 @@
 
 pub mod env;
 pub mod lines;
+pub mod listing;
 mod walk;
 
 pub mod claude;
@@ -18,6 +19,7 @@ pub mod opencode;
 pub mod qwen;
 
 pub use env::Env;
+pub use listing::{DirCache, DirListing, DirStamp, ListingChanges};
 
 use std::path::PathBuf;
 use tokenledger_core::{Source, TokenCounts};
@@ -164,8 +166,13 @@ pub trait Collector: Send + Sync {
     /// Finds this agent's files under the roots the environment names.
     fn discover(&self, env: &Env) -> Vec<FoundFile>;
     /// [`Collector::discover`], with the metadata of each file where the walk got it for free
-    /// (`None`: the caller reads it).
-    fn discover_with_meta(&self, env: &Env) -> Vec<(FoundFile, Option<FileMeta>)> {
+    /// (`None`: the caller reads it). Walks may reuse the stored listings of unchanged folders
+    /// in `listings`, and record there what they listed.
+    fn discover_with_meta(
+        &self,
+        env: &Env,
+        _listings: &DirCache,
+    ) -> Vec<(FoundFile, Option<FileMeta>)> {
         self.discover(env).into_iter().map(|f| (f, None)).collect()
     }
     /// Reads `file` from `offset` (0 for a new, rewritten or truncated file), continuing from

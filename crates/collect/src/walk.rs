@@ -5,6 +5,7 @@
 //! warm scan is mostly this walk, and copying every find up the tree level by level cost more
 //! than the look-ups saved.
 
+use crate::listing::DirCache;
 use crate::FileMeta;
 #[cfg(not(target_os = "linux"))]
 use rayon::prelude::*;
@@ -22,6 +23,8 @@ pub(crate) struct Walk<'a> {
     /// reported unreadable if it leads nowhere). Symlinked directories are never entered, so a
     /// link cycle cannot trap the walk.
     pub links_to_files_only: bool,
+    /// Listings of unchanged folders to reuse, and where new ones are recorded (Linux).
+    pub listings: &'a DirCache,
 }
 
 /// Where a walk puts what it finds: `make` turns a path and its metadata (when the entry is a
@@ -114,19 +117,24 @@ impl Walk<'_> {
 
 /// The Linux walk: every folder is opened relative to its parent's descriptor and every file
 /// is looked up relative to its folder's, so the kernel resolves one name per call instead of
-/// the whole path; entries are read into one buffer per folder with no allocation per entry.
+/// the whole path. A folder unchanged since its stored listing is not read at all (see
+/// [`crate::listing`]); one that is gets its entries read into one buffer.
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{FileMeta, Sink, Walk};
+    use crate::listing::{DirStamp, Entries, EntriesBuf, Kind};
     use rayon::prelude::*;
     use rustix::fd::{AsFd, BorrowedFd};
-    use rustix::fs::{openat, statat, AtFlags, FileType, Mode, OFlags, RawDir, Stat, CWD};
+    use rustix::fs::{fstat, openat, statat, AtFlags, FileType, Mode, OFlags, RawDir, Stat, CWD};
     use std::ffi::OsStr;
     use std::mem::MaybeUninit;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};
 
-    const DIR_FLAGS: OFlags = OFlags::RDONLY
+    /// Folders are opened only as places to look names up in (no read access needed, and
+    /// cheaper to open); one that must be listed is opened again to read it.
+    const DIR_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+    const LIST_FLAGS: OFlags = OFlags::RDONLY
         .union(OFlags::DIRECTORY)
         .union(OFlags::CLOEXEC);
 
@@ -165,10 +173,56 @@ mod linux {
         depth: usize,
         sink: &Sink<'_, T>,
     ) -> Vec<PathBuf> {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 16 * 1024];
-        let mut entries = RawDir::new(fd, &mut buf);
+        let path = dir.as_os_str().as_bytes();
+        // Stamped before it is read: a change after this makes the next walk read it again.
+        let stamp = fstat(fd).ok().map(|st| stamp_of(&st));
+        let stored = stamp.and_then(|s| walk.listings.entries(path, &s));
+        let fresh = match stored {
+            Some(_) => None,
+            None => match read(fd) {
+                Some(buf) => Some(buf),
+                None => return Vec::new(),
+            },
+        };
+        let entries = stored.unwrap_or_else(|| fresh.as_ref().map_or(&[][..], |b| &b.bytes));
         let mut files = Vec::new();
         let mut subdirs = Vec::new();
+        for (kind, bytes) in Entries(entries) {
+            let os = OsStr::from_bytes(bytes);
+            match kind {
+                Kind::Dir if depth < walk.max_depth => subdirs.push(child(dir, bytes)),
+                Kind::Dir => {}
+                Kind::File if (walk.accept)(os) => {
+                    let meta = statat(fd, os, AtFlags::SYMLINK_NOFOLLOW)
+                        .ok()
+                        .map(|st| meta_of(&st));
+                    files.push((sink.make)(child(dir, bytes), meta));
+                }
+                Kind::Link if (walk.accept)(os) => {
+                    let keep = !walk.links_to_files_only
+                        || statat(fd, os, AtFlags::empty())
+                            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode).is_file());
+                    if keep {
+                        files.push((sink.make)(child(dir, bytes), None));
+                    }
+                }
+                Kind::File | Kind::Link => {}
+            }
+        }
+        sink.add(files);
+        if let Some(buf) = fresh {
+            walk.listings.listed(path, stamp, buf);
+        }
+        subdirs
+    }
+
+    /// The folder's entries that can matter (folders, files, links: never a FIFO or a socket,
+    /// which opening would block on), or `None` when it cannot be read.
+    fn read(fd: BorrowedFd<'_>) -> Option<EntriesBuf> {
+        let dir = openat(fd, c".", LIST_FLAGS, Mode::empty()).ok()?;
+        let mut buf = [MaybeUninit::<u8>::uninit(); 16 * 1024];
+        let mut entries = RawDir::new(&dir, &mut buf);
+        let mut out = EntriesBuf::default();
         while let Some(Ok(entry)) = entries.next() {
             let name = entry.file_name();
             let bytes = name.to_bytes();
@@ -183,42 +237,38 @@ mod linux {
                     Err(_) => continue,
                 }
             }
-            let os = OsStr::from_bytes(bytes);
             match kind {
-                FileType::Directory if depth < walk.max_depth => subdirs.push(child(dir, bytes)),
-                FileType::RegularFile if (walk.accept)(os) => {
-                    let meta = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
-                        .ok()
-                        .map(|st| meta_of(&st));
-                    files.push((sink.make)(child(dir, bytes), meta));
-                }
-                FileType::Symlink if (walk.accept)(os) => {
-                    let keep = !walk.links_to_files_only
-                        || statat(fd, name, AtFlags::empty())
-                            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode).is_file());
-                    if keep {
-                        files.push((sink.make)(child(dir, bytes), None));
-                    }
-                }
-                // Anything else (a FIFO, a socket) is not a log: opening a FIFO would block.
+                FileType::Directory => out.push(Kind::Dir, bytes),
+                FileType::RegularFile => out.push(Kind::File, bytes),
+                FileType::Symlink => out.push(Kind::Link, bytes),
                 _ => {}
             }
         }
-        sink.add(files);
-        subdirs
+        Some(out)
     }
 
     /// `dir.join(name)` for a folder entry's name (never a `/` in it), allocated once at its
     /// final size.
     fn child(dir: &Path, name: &[u8]) -> PathBuf {
-        let dir = dir.as_os_str().as_bytes();
-        let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
-        path.extend_from_slice(dir);
-        if !dir.ends_with(b"/") {
-            path.push(b'/');
+        PathBuf::from(std::ffi::OsString::from_vec(crate::listing::join(
+            dir.as_os_str().as_bytes(),
+            name,
+        )))
+    }
+
+    fn stamp_of(st: &Stat) -> DirStamp {
+        DirStamp {
+            dev: st.st_dev,
+            inode: st.st_ino,
+            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
         }
-        path.extend_from_slice(name);
-        PathBuf::from(std::ffi::OsString::from_vec(path))
+    }
+
+    /// Nanoseconds since the epoch (saturated: never wraps, whatever the field types).
+    fn ns(secs: impl Into<i128>, nsec: impl Into<i128>) -> i64 {
+        let ns = secs.into() * 1_000_000_000 + nsec.into();
+        ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
     }
 
     /// The same figures as [`FileMeta::of`] gives for `std::fs::Metadata`.
@@ -263,6 +313,7 @@ mod tests {
             max_depth,
             accept: &jsonl,
             links_to_files_only,
+            listings: &DirCache::none(),
         };
         let found = w.run(root);
         let n = found.len();
@@ -347,7 +398,109 @@ mod tests {
             max_depth: 0,
             accept: &jsonl,
             links_to_files_only: true,
+            listings: &DirCache::none(),
         };
         assert_eq!(w.run(&slash)[0].0, t.path().join("p/a.jsonl"));
+    }
+
+    /// Sets a folder's mtime far in the past: any later change to its entries then gives it a
+    /// different stamp, however coarse the clock (the test need not wait for it to tick).
+    #[cfg(target_os = "linux")]
+    fn backdate(dir: &Path) {
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        std::fs::File::open(dir)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(old))
+            .unwrap();
+    }
+
+    /// A walk with `listings`, as paths relative to `root`.
+    #[cfg(target_os = "linux")]
+    fn walk_with(root: &Path, listings: &DirCache) -> Vec<String> {
+        let w = Walk {
+            max_depth: 6,
+            accept: &jsonl,
+            links_to_files_only: true,
+            listings,
+        };
+        let mut v: Vec<String> = w
+            .run(root)
+            .into_iter()
+            .map(|(p, _)| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn folders_unchanged_since_their_listing_are_not_read_and_changed_ones_are() {
+        use crate::listing::DirListing;
+        let t = tree();
+        let r = t.path();
+        for d in ["", "p", "p/s", "p/s/deeper", "p/folder.jsonl"] {
+            backdate(&r.join(d));
+        }
+        // Everything counts as settled here (the margin is tested in `listing`).
+        let first = DirCache::new(Vec::new(), i64::MAX);
+        let all = walk_with(r, &first);
+        assert_eq!(first.counts(), (5, 0));
+        let stored: Vec<DirListing> = first.into_changes().put;
+        assert_eq!(stored.len(), 5);
+
+        // Nothing changed: no folder is read, and the same files are found.
+        let again = DirCache::new(stored.clone(), i64::MAX);
+        assert_eq!(walk_with(r, &again), all);
+        assert_eq!(again.counts(), (0, 5));
+        assert!(again.into_changes().is_empty());
+
+        // The stored listing really is what the walk goes by while the stamp holds...
+        let p = r.join("p");
+        let p_bytes = p.as_os_str().as_encoded_bytes();
+        let mut doctored = stored.clone();
+        let i = doctored.iter().position(|l| l.path == p_bytes).unwrap();
+        let mut without_a = crate::listing::EntriesBuf::default();
+        for (kind, name) in crate::listing::Entries(&doctored[i].entries) {
+            if name != b"a.jsonl" {
+                without_a.push(kind, name);
+            }
+        }
+        doctored[i].entries = without_a.bytes;
+        assert!(!walk_with(r, &DirCache::new(doctored, i64::MAX)).contains(&"p/a.jsonl".into()));
+
+        // ...and a new entry changes the stamp: the folder is read again, the file found.
+        std::fs::write(p.join("new.jsonl"), "x\n").unwrap();
+        let after = DirCache::new(stored.clone(), i64::MAX);
+        let found = walk_with(r, &after);
+        assert!(found.contains(&"p/new.jsonl".into()), "{found:?}");
+        assert_eq!(found.len(), all.len() + 1);
+        assert_eq!(after.counts(), (1, 4));
+        let changes = after.into_changes();
+        assert_eq!(changes.put.len(), 1);
+        assert_eq!(changes.put[0].path, p_bytes);
+        assert!(changes.gone.is_empty());
+
+        // A folder that goes is forgotten, with everything below it.
+        std::fs::remove_file(r.join("p/s/deeper/c.jsonl")).unwrap();
+        std::fs::remove_dir(r.join("p/s/deeper")).unwrap();
+        let gone = DirCache::new(stored, i64::MAX);
+        assert!(!walk_with(r, &gone).contains(&"p/s/deeper/c.jsonl".into()));
+        let changes = gone.into_changes();
+        let deeper = r.join("p/s/deeper");
+        assert_eq!(
+            changes.gone,
+            vec![deeper.as_os_str().as_encoded_bytes().to_vec()]
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn folders_that_changed_within_the_margin_are_read_but_not_remembered() {
+        let t = tree();
+        let cache = DirCache::settled_now(Vec::new());
+        let found = walk_with(t.path(), &cache);
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert_eq!(cache.counts(), (5, 0));
+        assert!(cache.into_changes().is_empty());
     }
 }

@@ -89,7 +89,12 @@ pub struct FileCursor {
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
+    /// How long a folder must have stayed unchanged for its listing to be remembered.
+    listing_margin_ns: i64,
 }
+
+/// How long a write waits for another process's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Ledger {
     /// Opens (creating if needed) the ledger in `dir` (`ledger.db`).
@@ -107,7 +112,7 @@ impl Ledger {
             path: path.to_path_buf(),
             source,
         })?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // A new ledger gets 16 KiB pages: a first scan writes tens of megabytes, and fewer,
         // larger pages mean fewer writes (the size is fixed once the first table exists).
         conn.execute_batch("PRAGMA page_size=16384;")?;
@@ -129,11 +134,20 @@ impl Ledger {
         Ok(Ledger {
             conn,
             path: path.to_path_buf(),
+            listing_margin_ns: tokenledger_collect::listing::SETTLE_NS,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets how long (ns) a folder must have stayed unchanged before scans remember its
+    /// listing ([`tokenledger_collect::listing::SETTLE_NS`] by default). Tests that change
+    /// folders faster than that set a negative margin and give changed folders a distinct
+    /// time themselves.
+    pub fn set_listing_margin(&mut self, ns: i64) {
+        self.listing_margin_ns = ns;
     }
 
     /// The underlying connection, for crates layered on the ledger (the sync outbox).

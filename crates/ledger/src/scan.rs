@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use tokenledger_collect::lines::HEAD_LEN;
-use tokenledger_collect::{Collector, Env, FileMeta, FileScan, FoundFile, SkipReason, Skipped};
+use tokenledger_collect::{
+    Collector, DirCache, DirListing, DirStamp, Env, FileMeta, FileScan, FoundFile, ListingChanges,
+    SkipReason, Skipped,
+};
 use tokenledger_core::Source;
 
 /// Cursors buffered before they are written (memory bound).
@@ -42,6 +45,10 @@ pub struct ScanReport {
     pub entries_written: u64,
     /// Lines (or files) skipped, with why.
     pub skipped: Vec<Skipped>,
+    /// Folders the walks read, and folders they did not need to read (unchanged since their
+    /// stored listing).
+    pub folders_read: u64,
+    pub folders_reused: u64,
 }
 
 impl ScanReport {
@@ -124,9 +131,18 @@ impl Ledger {
         let mut report = ScanReport::default();
         let started = std::time::Instant::now();
         let timing = std::env::var_os("TOKENLEDGER_TIMING").is_some();
+        // Folders unchanged since their stored listing are not read again.
+        let listings = DirCache::new(
+            load_listings(&self.conn)?,
+            now_ns().saturating_sub(self.listing_margin_ns),
+        );
+        if timing {
+            eprintln!("scan: listings loaded at {:?}", started.elapsed());
+        }
         // Discover (collectors in parallel) and stat every file in parallel, while this
-        // thread loads the cursors: a warm run is mostly file-system lookups.
+        // thread loads the cursors: a warm scan is mostly file-system lookups.
         let conn = &self.conn;
+        let listings_ref = &listings;
         let (cursors, found) = std::thread::scope(|s| {
             let files = s.spawn(|| {
                 // The walks take most metadata from directory entries; cursor keys (one hash
@@ -136,7 +152,7 @@ impl Ledger {
                     .enumerate()
                     .map(|(collector, c)| {
                         let mut found: Vec<Found> = c
-                            .discover_with_meta(env)
+                            .discover_with_meta(env, listings_ref)
                             .into_par_iter()
                             .with_min_len(1024)
                             .map(|(file, stat)| Found {
@@ -166,6 +182,8 @@ impl Ledger {
             (cursors, files.join().expect("discovery does not panic"))
         });
         let cursors = cursors?;
+        (report.folders_read, report.folders_reused) = listings.counts();
+        let listings = listings.into_changes();
         if timing {
             eprintln!(
                 "scan: discovered and loaded in {:?} ({})",
@@ -206,7 +224,8 @@ impl Ledger {
         }
 
         if work.is_empty() {
-            // Nothing new: no write transaction (it would wait for another process's scan).
+            // Nothing new: no write transaction that would wait for another process's scan.
+            store_listings_unless_busy(&mut self.conn, &listings)?;
             return Ok(report);
         }
         let total_bytes: u64 = work.iter().map(Work::remaining).sum();
@@ -239,10 +258,12 @@ impl Ledger {
                     );
                 }
             });
-            write_all(conn, rx, &mut report)
+            write_all(conn, rx, &mut report, &listings)
         });
         progress.finish();
-        writer_result?;
+        if !writer_result? {
+            store_listings_unless_busy(&mut self.conn, &listings)?;
+        }
         Ok(report)
     }
 }
@@ -597,17 +618,20 @@ struct Writer {
     phases: [std::time::Duration; 4],
 }
 
+/// Writes what the readers send; the folder listings go in with the last commit. Returns
+/// whether anything was written (nothing, and no lock taken, when no batch had anything).
 fn write_all(
     conn: &mut Connection,
     rx: std::sync::mpsc::Receiver<Batch>,
     report: &mut ScanReport,
-) -> Result<()> {
+    listings: &ListingChanges,
+) -> Result<bool> {
     // Nothing is written (no write lock, no checkpoint) until a batch has something to write:
     // files offered for their own change check usually have not.
     let mut rx = rx.into_iter();
     let first = loop {
         match rx.next() {
-            None => return Ok(()),
+            None => return Ok(false),
             Some(b) if b.files.is_empty() && b.events.is_empty() && b.skipped.is_empty() => {
                 report.bytes_read += b.bytes_read;
             }
@@ -672,6 +696,7 @@ fn write_all(
     let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
     let t_flush = t.elapsed();
+    store_listings(&tx, listings)?;
     tx.commit()?;
     if timing {
         eprintln!(
@@ -683,7 +708,99 @@ fn write_all(
             w.phases
         );
     }
+    Ok(true)
+}
+
+/// The stored folder listings (see [`DirCache`]).
+fn load_listings(conn: &Connection) -> Result<Vec<DirListing>> {
+    let mut stmt =
+        conn.prepare("SELECT path, dev, inode, mtime_ns, ctime_ns, entries FROM dir_listings")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let int = |i: usize| -> rusqlite::Result<i64> {
+            r.get_ref(i)?.as_i64().map_err(rusqlite::Error::from)
+        };
+        let bytes = |i: usize| -> rusqlite::Result<Vec<u8>> {
+            Ok(r.get_ref(i)?
+                .as_bytes()
+                .map_err(rusqlite::Error::from)?
+                .to_vec())
+        };
+        out.push(DirListing {
+            path: bytes(0)?,
+            stamp: DirStamp {
+                dev: int(1)? as u64,
+                inode: int(2)? as u64,
+                mtime_ns: int(3)?,
+                ctime_ns: int(4)?,
+            },
+            entries: bytes(5)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Forgets the listings of folders that are gone (and of every folder below them) and
+/// remembers the new ones, in the caller's transaction.
+fn store_listings(tx: &Connection, changes: &ListingChanges) -> rusqlite::Result<()> {
+    let mut forget = tx
+        .prepare_cached("DELETE FROM dir_listings WHERE path = ?1 OR (path >= ?2 AND path < ?3)")?;
+    for path in &changes.gone {
+        // Below `path`: the paths that start with `path/`, which sort before `path0`.
+        let mut below = path.clone();
+        below.push(b'/');
+        let mut after = path.clone();
+        after.push(b'/' + 1);
+        forget.execute(params![path, below, after])?;
+    }
+    let mut put = tx.prepare_cached(
+        "INSERT OR REPLACE INTO dir_listings (path, dev, inode, mtime_ns, ctime_ns, entries)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for l in &changes.put {
+        put.execute(params![
+            l.path,
+            l.stamp.dev as i64,
+            l.stamp.inode as i64,
+            l.stamp.mtime_ns,
+            l.stamp.ctime_ns,
+            l.entries
+        ])?;
+    }
     Ok(())
+}
+
+/// [`store_listings`] in a transaction of its own, for a scan that wrote nothing else: left
+/// for a later scan when another process holds the write lock (a scan with nothing new never
+/// waits for one).
+fn store_listings_unless_busy(conn: &mut Connection, changes: &ListingChanges) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    let stored = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            store_listings(&tx, changes)?;
+            tx.commit()
+        });
+    conn.busy_timeout(crate::BUSY_TIMEOUT)?;
+    match stored {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Copies the committed write-ahead log into the database file as far as readers allow

@@ -108,6 +108,16 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO dims_new (id, session, project) SELECT id, session, project FROM dims;
      DROP TABLE dims;
      ALTER TABLE dims_new RENAME TO dims;",
+    // 6: the listings of settled folders, so that a warm scan reads only folders that changed
+    // (see `tokenledger_collect::listing`). Paths are bytes, as the walk has them.
+    "CREATE TABLE dir_listings (
+        path BLOB PRIMARY KEY,
+        dev INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        entries BLOB NOT NULL
+     );",
 ];
 
 /// Steps of a migration that run after its SQL, in the same transaction.
