@@ -19,7 +19,7 @@ pub mod opencode;
 pub mod qwen;
 
 pub use env::Env;
-pub use listing::{DirCache, DirListing, DirStamp, ListingChanges};
+pub use listing::{DirCache, DirListing, DirStamp, ListingChanges, StoredListings};
 
 use std::path::PathBuf;
 use tokenledger_core::{Source, TokenCounts};

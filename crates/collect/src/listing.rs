@@ -61,10 +61,82 @@ impl ListingChanges {
     }
 }
 
+/// Stored listings as loaded, back to back in one buffer (a warm scan loads thousands: one
+/// allocation instead of two each).
+#[derive(Default)]
+pub struct StoredListings {
+    bytes: Vec<u8>,
+    items: Vec<Stored>,
+}
+
+/// Where one stored listing's path and entries are in [`StoredListings::bytes`].
+struct Stored {
+    start: u32,
+    path_len: u32,
+    entries_len: u32,
+    stamp: DirStamp,
+}
+
+impl StoredListings {
+    /// Adds a listing (dropped, so that its folder is read again, past 4 GiB in all).
+    pub fn push(&mut self, path: &[u8], stamp: DirStamp, entries: &[u8]) {
+        let (Ok(start), Ok(path_len), Ok(entries_len)) = (
+            u32::try_from(self.bytes.len()),
+            u32::try_from(path.len()),
+            u32::try_from(entries.len()),
+        ) else {
+            return;
+        };
+        if start
+            .checked_add(path_len)
+            .and_then(|n| n.checked_add(entries_len))
+            .is_none()
+        {
+            return;
+        }
+        self.bytes.extend_from_slice(path);
+        self.bytes.extend_from_slice(entries);
+        self.items.push(Stored {
+            start,
+            path_len,
+            entries_len,
+            stamp,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn path(&self, s: &Stored) -> &[u8] {
+        let start = s.start as usize;
+        &self.bytes[start..start + s.path_len as usize]
+    }
+
+    fn entries(&self, s: &Stored) -> &[u8] {
+        let start = s.start as usize + s.path_len as usize;
+        &self.bytes[start..start + s.entries_len as usize]
+    }
+}
+
+impl From<Vec<DirListing>> for StoredListings {
+    fn from(listings: Vec<DirListing>) -> StoredListings {
+        let mut stored = StoredListings::default();
+        for l in &listings {
+            stored.push(&l.path, l.stamp, &l.entries);
+        }
+        stored
+    }
+}
+
 /// The listings a walk may reuse, and what it learns on the way.
 pub struct DirCache {
-    listings: Vec<DirListing>,
-    /// Index into `listings` by a hash of the path (the path is compared on a hit).
+    stored: StoredListings,
+    /// Index into `stored` by a hash of the path (the path is compared on a hit).
     by_path: HashMap<u64, u32, BuildPathHash>,
     /// Folders whose times are both before this (ns since the epoch) have settled.
     settled_before_ns: i64,
@@ -80,7 +152,7 @@ impl DirCache {
     /// No listings, and nothing recorded: every folder is read.
     pub fn none() -> DirCache {
         DirCache {
-            listings: Vec::new(),
+            stored: StoredListings::default(),
             by_path: HashMap::default(),
             settled_before_ns: i64::MIN,
             enabled: false,
@@ -91,17 +163,17 @@ impl DirCache {
     }
 
     /// Stored listings; folders last changed before `settled_before_ns` are remembered.
-    pub fn new(listings: Vec<DirListing>, settled_before_ns: i64) -> DirCache {
-        let mut by_path =
-            HashMap::with_capacity_and_hasher(listings.len(), BuildPathHash::default());
-        for (i, l) in listings.iter().enumerate() {
+    pub fn new(stored: impl Into<StoredListings>, settled_before_ns: i64) -> DirCache {
+        let stored = stored.into();
+        let mut by_path = HashMap::with_capacity_and_hasher(stored.len(), BuildPathHash::default());
+        for (i, s) in stored.items.iter().enumerate() {
             // A damaged listing is not used: its folder is read again.
-            if Entries::valid(&l.entries) {
-                by_path.insert(path_hash(&l.path), i as u32);
+            if Entries::valid(stored.entries(s)) {
+                by_path.insert(path_hash(stored.path(s)), i as u32);
             }
         }
         DirCache {
-            listings,
+            stored,
             by_path,
             settled_before_ns,
             enabled: true,
@@ -112,7 +184,7 @@ impl DirCache {
     }
 
     /// Stored listings, with the settling margin measured back from now.
-    pub fn settled_now(listings: Vec<DirListing>) -> DirCache {
+    pub fn settled_now(listings: impl Into<StoredListings>) -> DirCache {
         DirCache::new(listings, now_ns().saturating_sub(SETTLE_NS))
     }
 
@@ -123,10 +195,11 @@ impl DirCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn stored(&self, path: &[u8]) -> Option<&DirListing> {
+    /// The stored listing of `path`: its stamp and entries.
+    fn stored(&self, path: &[u8]) -> Option<(&DirStamp, &[u8])> {
         let i = *self.by_path.get(&path_hash(path))?;
-        let l = &self.listings[i as usize];
-        (l.path == path).then_some(l)
+        let s = &self.stored.items[i as usize];
+        (self.stored.path(s) == path).then(|| (&s.stamp, self.stored.entries(s)))
     }
 
     /// The remembered entries of the folder at `path`, if it has not changed since.
@@ -136,8 +209,8 @@ impl DirCache {
         }
         let hit = self
             .stored(path)
-            .filter(|l| l.stamp == *stamp)
-            .map(|l| l.entries.as_slice());
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, entries)| entries);
         if hit.is_some() {
             self.reused.fetch_add(1, Ordering::Relaxed);
         }
@@ -164,8 +237,8 @@ impl DirCache {
         let settled =
             stamp.mtime_ns < self.settled_before_ns && stamp.ctime_ns < self.settled_before_ns;
         let mut gone = Vec::new();
-        if let Some(old) = self.stored(path) {
-            for (kind, name) in Entries(&old.entries) {
+        if let Some((_, old)) = self.stored(path) {
+            for (kind, name) in Entries(old) {
                 if kind == Kind::Dir && !Entries(&entries).any(|(k, n)| k == kind && n == name) {
                     gone.push(join(path, name));
                 }

@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::Read;
 use tokenledger_collect::lines::HEAD_LEN;
 use tokenledger_collect::{
-    Collector, DirCache, DirListing, DirStamp, Env, FileMeta, FileScan, FoundFile, ListingChanges,
-    SkipReason, Skipped,
+    Collector, DirCache, DirStamp, Env, FileMeta, FileScan, FoundFile, ListingChanges, SkipReason,
+    Skipped, StoredListings,
 };
 use tokenledger_core::Source;
 
@@ -712,31 +712,25 @@ fn write_all(
 }
 
 /// The stored folder listings (see [`DirCache`]).
-fn load_listings(conn: &Connection) -> Result<Vec<DirListing>> {
+fn load_listings(conn: &Connection) -> Result<StoredListings> {
     let mut stmt =
         conn.prepare("SELECT path, dev, inode, mtime_ns, ctime_ns, entries FROM dir_listings")?;
     let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
+    let mut out = StoredListings::default();
     while let Some(r) = rows.next()? {
         let int = |i: usize| -> rusqlite::Result<i64> {
             r.get_ref(i)?.as_i64().map_err(rusqlite::Error::from)
         };
-        let bytes = |i: usize| -> rusqlite::Result<Vec<u8>> {
-            Ok(r.get_ref(i)?
-                .as_bytes()
-                .map_err(rusqlite::Error::from)?
-                .to_vec())
+        let bytes = |i: usize| -> rusqlite::Result<&[u8]> {
+            r.get_ref(i)?.as_bytes().map_err(rusqlite::Error::from)
         };
-        out.push(DirListing {
-            path: bytes(0)?,
-            stamp: DirStamp {
-                dev: int(1)? as u64,
-                inode: int(2)? as u64,
-                mtime_ns: int(3)?,
-                ctime_ns: int(4)?,
-            },
-            entries: bytes(5)?,
-        });
+        let stamp = DirStamp {
+            dev: int(1)? as u64,
+            inode: int(2)? as u64,
+            mtime_ns: int(3)?,
+            ctime_ns: int(4)?,
+        };
+        out.push(bytes(0)?, stamp, bytes(5)?);
     }
     Ok(out)
 }
