@@ -257,16 +257,17 @@ impl Ledger {
     /// Every file cursor, for `status`.
     pub fn files(&self) -> Result<Vec<FileCursor>> {
         let mut stmt = self.conn.prepare(
-            "SELECT p.path, p.source, c.size, c.offset, c.last_scan
+            "SELECT p.path, p.source, c.stat, c.last_scan
              FROM cursors c JOIN cursor_paths p ON p.key = c.key ORDER BY p.source, p.path",
         )?;
         let rows = stmt.query_map([], |r| {
+            let stat = scan::Cursor::unpack(r.get_ref(2)?.as_bytes()?);
             Ok(FileCursor {
                 path: r.get(0)?,
                 source: r.get(1)?,
-                size: r.get::<_, i64>(2)? as u64,
-                offset: r.get::<_, i64>(3)? as u64,
-                last_scan: r.get(4)?,
+                size: stat.as_ref().map_or(0, |c| c.size),
+                offset: stat.as_ref().map_or(0, |c| c.offset),
+                last_scan: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

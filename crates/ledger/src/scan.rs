@@ -63,14 +63,56 @@ impl ScanReport {
 }
 
 #[derive(Debug, Clone)]
-struct Cursor {
-    dev: u64,
-    inode: u64,
-    size: u64,
-    mtime_ns: i64,
-    offset: u64,
-    head_len: u64,
-    head_hash: u64,
+pub(crate) struct Cursor {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub offset: u64,
+    pub head_len: u64,
+    pub head_hash: u64,
+}
+
+/// Bytes of a packed cursor: seven little-endian 64-bit figures.
+const PACKED_LEN: usize = 56;
+
+impl Cursor {
+    /// The form stored in `cursors.stat` (one column: a warm scan loads every cursor).
+    pub(crate) fn pack(&self) -> [u8; PACKED_LEN] {
+        let mut out = [0u8; PACKED_LEN];
+        let figures = [
+            self.dev,
+            self.inode,
+            self.size,
+            self.mtime_ns as u64,
+            self.offset,
+            self.head_len,
+            self.head_hash,
+        ];
+        for (chunk, v) in out.chunks_exact_mut(8).zip(figures) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// A packed cursor; `None` when the bytes are not one (the file is then read again from
+    /// its start, and entries already counted count once).
+    pub(crate) fn unpack(bytes: &[u8]) -> Option<Cursor> {
+        let bytes: &[u8; PACKED_LEN] = bytes.try_into().ok()?;
+        let mut f = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        let mut next = || f.next().unwrap_or_default();
+        Some(Cursor {
+            dev: next(),
+            inode: next(),
+            size: next(),
+            mtime_ns: next() as i64,
+            offset: next(),
+            head_len: next(),
+            head_hash: next(),
+        })
+    }
 }
 
 /// A file the collectors found, with its metadata (`None` when it cannot be read).
@@ -397,28 +439,15 @@ impl Cursors {
 
 /// Every cursor, read in key order (the table's order).
 fn load_cursors(conn: &Connection) -> Result<Cursors> {
-    let mut stmt = conn.prepare(
-        "SELECT key, dev, inode, size, mtime_ns, offset, head_len, head_hash FROM cursors
-         ORDER BY key",
-    )?;
+    let mut stmt = conn.prepare("SELECT key, stat FROM cursors ORDER BY key")?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let int = |i: usize| -> rusqlite::Result<i64> {
-            r.get_ref(i)?.as_i64().map_err(rusqlite::Error::from)
-        };
-        out.push((
-            int(0)?,
-            Cursor {
-                dev: int(1)? as u64,
-                inode: int(2)? as u64,
-                size: int(3)? as u64,
-                mtime_ns: int(4)?,
-                offset: int(5)? as u64,
-                head_len: int(6)? as u64,
-                head_hash: int(7)? as u64,
-            },
-        ));
+        let key = r.get_ref(0)?.as_i64().map_err(rusqlite::Error::from)?;
+        let stat = r.get_ref(1)?.as_bytes().map_err(rusqlite::Error::from)?;
+        if let Some(cursor) = Cursor::unpack(stat) {
+            out.push((key, cursor));
+        }
     }
     Ok(Cursors::new(out))
 }
@@ -1168,15 +1197,10 @@ impl<'t> AggWriter<'t> {
 /// Writes the cursors of the buffered files, in key order. Update-else-insert rather than an
 /// upsert statement (see the entries above); new files try the insert first.
 fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
-    let mut update = tx.prepare_cached(
-        "UPDATE cursors SET dev = ?2, inode = ?3, size = ?4, mtime_ns = ?5, offset = ?6,
-                            head_len = ?7, head_hash = ?8, last_scan = ?9
-         WHERE key = ?1",
-    )?;
+    let mut update =
+        tx.prepare_cached("UPDATE cursors SET stat = ?2, last_scan = ?3 WHERE key = ?1")?;
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO cursors (key, dev, inode, size, mtime_ns, offset, head_len,
-                                        head_hash, last_scan)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR IGNORE INTO cursors (key, stat, last_scan) VALUES (?1, ?2, ?3)",
     )?;
     let mut name = tx.prepare_cached(
         "INSERT OR IGNORE INTO cursor_paths (key, source, path) VALUES (?1, ?2, ?3)",
@@ -1187,17 +1211,17 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
     let mut clear_state = tx.prepare_cached("DELETE FROM cursor_state WHERE key = ?1")?;
     w.files.sort_unstable_by_key(|f| f.key);
     for f in w.files.drain(..) {
-        let values = params![
-            f.key,
-            f.stat.dev as i64,
-            f.stat.inode as i64,
-            f.stat.size as i64,
-            f.stat.mtime_ns,
-            f.offset as i64,
-            f.head_len as i64,
-            f.head_hash as i64,
-            w.now,
-        ];
+        let stat = Cursor {
+            dev: f.stat.dev,
+            inode: f.stat.inode,
+            size: f.stat.size,
+            mtime_ns: f.stat.mtime_ns,
+            offset: f.offset,
+            head_len: f.head_len,
+            head_hash: f.head_hash,
+        }
+        .pack();
+        let values = params![f.key, &stat[..], w.now];
         let inserted = !f.known && insert.execute(values)? > 0;
         if inserted {
             name.execute(params![f.key, f.source.as_str(), f.path])?;
@@ -1293,6 +1317,31 @@ mod tests {
                 let expected = keys.binary_search(p).is_ok();
                 prop_assert_eq!(index.get(*p).is_some(), expected);
             }
+        }
+
+        /// A packed cursor unpacks to itself (every figure, both signs of the mtime); bytes of
+        /// any other length are no cursor.
+        #[test]
+        fn packed_cursors_round_trip(
+            f in prop::array::uniform7(any::<u64>()),
+            junk in prop::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let c = Cursor {
+                dev: f[0],
+                inode: f[1],
+                size: f[2],
+                mtime_ns: f[3] as i64,
+                offset: f[4],
+                head_len: f[5],
+                head_hash: f[6],
+            };
+            let back = Cursor::unpack(&c.pack()).unwrap();
+            prop_assert_eq!(
+                [back.dev, back.inode, back.size, back.mtime_ns as u64, back.offset,
+                 back.head_len, back.head_hash],
+                f
+            );
+            prop_assert_eq!(Cursor::unpack(&junk).is_some(), junk.len() == PACKED_LEN);
         }
     }
 }
