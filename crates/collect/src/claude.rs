@@ -64,6 +64,7 @@ impl Collector for ClaudeCollector {
             },
             links_to_files_only: true,
             listings,
+            source: Source::Claude,
         };
         for root in roots(env) {
             let projects = root.join("projects");

@@ -194,6 +194,7 @@ fn discover_rollouts(
                 accept: &accept,
                 links_to_files_only: false,
                 listings,
+                source,
             };
             let mut found = walk.run_with(&dir, &make);
             if files.is_empty() {

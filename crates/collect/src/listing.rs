@@ -11,9 +11,11 @@
 //! time, even with a coarse clock or a file system that keeps whole seconds; a folder that
 //! changed within the margin is listed again by the next walk.
 
+use crate::FileMeta;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use tokenledger_core::Source;
 
 /// How long a folder must have stayed unchanged before its listing is remembered.
 pub const SETTLE_NS: i64 = 5_000_000_000;
@@ -133,8 +135,12 @@ impl From<Vec<DirListing>> for StoredListings {
     }
 }
 
-/// The listings a walk may reuse, and what it learns on the way.
-pub struct DirCache {
+/// Tells a walk that a file needs nothing (the ledger's cursor for it matches its metadata):
+/// the walk then keeps no record of it. Given the file's source and path.
+pub type Unchanged<'a> = dyn Fn(Source, &[u8], &FileMeta) -> bool + Sync + 'a;
+
+/// The listings a walk may reuse, what it learns on the way, and which files it can drop.
+pub struct DirCache<'a> {
     stored: StoredListings,
     /// Index into `stored` by a hash of the path (the path is compared on a hit).
     by_path: HashMap<u64, u32, BuildPathHash>,
@@ -146,11 +152,14 @@ pub struct DirCache {
     /// Folders read, and folders whose stored listing was used.
     read: AtomicU64,
     reused: AtomicU64,
+    unchanged: Option<&'a Unchanged<'a>>,
+    /// Files dropped as unchanged.
+    dropped: AtomicU64,
 }
 
-impl DirCache {
+impl<'a> DirCache<'a> {
     /// No listings, and nothing recorded: every folder is read.
-    pub fn none() -> DirCache {
+    pub fn none() -> DirCache<'static> {
         DirCache {
             stored: StoredListings::default(),
             by_path: HashMap::default(),
@@ -159,11 +168,13 @@ impl DirCache {
             changes: Mutex::default(),
             read: AtomicU64::new(0),
             reused: AtomicU64::new(0),
+            unchanged: None,
+            dropped: AtomicU64::new(0),
         }
     }
 
     /// Stored listings; folders last changed before `settled_before_ns` are remembered.
-    pub fn new(stored: impl Into<StoredListings>, settled_before_ns: i64) -> DirCache {
+    pub fn new(stored: impl Into<StoredListings>, settled_before_ns: i64) -> DirCache<'a> {
         let stored = stored.into();
         let mut by_path = HashMap::with_capacity_and_hasher(stored.len(), BuildPathHash::default());
         for (i, s) in stored.items.iter().enumerate() {
@@ -180,11 +191,13 @@ impl DirCache {
             changes: Mutex::default(),
             read: AtomicU64::new(0),
             reused: AtomicU64::new(0),
+            unchanged: None,
+            dropped: AtomicU64::new(0),
         }
     }
 
     /// Stored listings, with the settling margin measured back from now.
-    pub fn settled_now(listings: impl Into<StoredListings>) -> DirCache {
+    pub fn settled_now(listings: impl Into<StoredListings>) -> DirCache<'a> {
         DirCache::new(listings, now_ns().saturating_sub(SETTLE_NS))
     }
 
@@ -217,11 +230,40 @@ impl DirCache {
         hit
     }
 
-    /// How many folders the walks read, and how many they did not need to.
-    pub fn counts(&self) -> (u64, u64) {
+    /// Lets walks drop files that `unchanged` says need nothing.
+    pub fn with_unchanged(mut self, unchanged: &'a Unchanged<'a>) -> DirCache<'a> {
+        self.unchanged = Some(unchanged);
+        self
+    }
+
+    /// Whether the walk may drop this file (`path`: `dir/name`, built in `scratch`).
+    pub(crate) fn drops(
+        &self,
+        source: Source,
+        scratch: &mut Vec<u8>,
+        dir: &[u8],
+        name: &[u8],
+        stat: &FileMeta,
+    ) -> bool {
+        let Some(unchanged) = self.unchanged else {
+            return false;
+        };
+        scratch.clear();
+        push_join(scratch, dir, name);
+        let drop = unchanged(source, scratch, stat);
+        if drop {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        drop
+    }
+
+    /// How many folders the walks read, how many they did not need to, and how many files
+    /// they dropped as unchanged.
+    pub fn counts(&self) -> (u64, u64, u64) {
         (
             self.read.load(Ordering::Relaxed),
             self.reused.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
         )
     }
 
@@ -265,12 +307,17 @@ impl DirCache {
 /// `dir/name` as bytes.
 pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    if !dir.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
+    push_join(&mut p, dir, name);
     p
+}
+
+/// Appends `dir/name` to `out`.
+fn push_join(out: &mut Vec<u8>, dir: &[u8], name: &[u8]) {
+    out.extend_from_slice(dir);
+    if !dir.ends_with(b"/") {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
 }
 
 fn now_ns() -> i64 {
@@ -452,7 +499,7 @@ mod tests {
         };
         assert_eq!(cache.entries(b"/a/b", &moved), None);
         assert_eq!(cache.entries(b"/a/c", &stamp(10)), None);
-        assert_eq!(cache.counts(), (0, 1));
+        assert_eq!(cache.counts(), (0, 1, 0));
         assert_eq!(DirCache::none().entries(b"/a/b", &stamp(10)), None);
     }
 
@@ -493,7 +540,7 @@ mod tests {
         let mut long = buf(&[(Kind::File, b"g")]);
         long.push(Kind::File, &[b'x'; 300]);
         cache.listed(b"/long", Some(stamp(1)), long);
-        assert_eq!(cache.counts(), (4, 0));
+        assert_eq!(cache.counts(), (4, 0, 0));
         let changes = cache.into_changes();
         assert_eq!(changes.gone, vec![b"/r/drop".to_vec()]);
         assert_eq!(changes.put.len(), 1);

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use tokenledger_core::Source;
 
 /// What to do with entries that are not directories.
 pub(crate) struct Walk<'a> {
@@ -23,8 +24,11 @@ pub(crate) struct Walk<'a> {
     /// reported unreadable if it leads nowhere). Symlinked directories are never entered, so a
     /// link cycle cannot trap the walk.
     pub links_to_files_only: bool,
-    /// Listings of unchanged folders to reuse, and where new ones are recorded (Linux).
-    pub listings: &'a DirCache,
+    /// Listings of unchanged folders to reuse, where new ones are recorded, and which files
+    /// need nothing (Linux).
+    pub listings: &'a DirCache<'a>,
+    /// Whose files these are (for `listings`' unchanged files).
+    pub source: Source,
 }
 
 /// Where a walk puts what it finds: `make` turns a path and its metadata (when the entry is a
@@ -187,6 +191,7 @@ mod linux {
         let entries = stored.unwrap_or_else(|| fresh.as_ref().map_or(&[][..], |b| &b.bytes));
         let mut files = Vec::new();
         let mut subdirs = Vec::new();
+        let mut scratch = Vec::new();
         for (kind, bytes) in Entries(entries) {
             let os = OsStr::from_bytes(bytes);
             match kind {
@@ -196,6 +201,14 @@ mod linux {
                     let meta = statat(fd, os, AtFlags::SYMLINK_NOFOLLOW)
                         .ok()
                         .map(|st| meta_of(&st));
+                    if let Some(m) = &meta {
+                        if walk
+                            .listings
+                            .drops(walk.source, &mut scratch, path, bytes, m)
+                        {
+                            continue;
+                        }
+                    }
                     files.push((sink.make)(child(dir, bytes), meta));
                 }
                 Kind::Link if (walk.accept)(os) => {
@@ -314,6 +327,7 @@ mod tests {
             accept: &jsonl,
             links_to_files_only,
             listings: &DirCache::none(),
+            source: Source::Claude,
         };
         let found = w.run(root);
         let n = found.len();
@@ -399,6 +413,7 @@ mod tests {
             accept: &jsonl,
             links_to_files_only: true,
             listings: &DirCache::none(),
+            source: Source::Claude,
         };
         assert_eq!(w.run(&slash)[0].0, t.path().join("p/a.jsonl"));
     }
@@ -422,6 +437,7 @@ mod tests {
             accept: &jsonl,
             links_to_files_only: true,
             listings,
+            source: Source::Claude,
         };
         let mut v: Vec<String> = w
             .run(root)
@@ -444,14 +460,14 @@ mod tests {
         // Everything counts as settled here (the margin is tested in `listing`).
         let first = DirCache::new(Vec::new(), i64::MAX);
         let all = walk_with(r, &first);
-        assert_eq!(first.counts(), (5, 0));
+        assert_eq!(first.counts(), (5, 0, 0));
         let stored: Vec<DirListing> = first.into_changes().put;
         assert_eq!(stored.len(), 5);
 
         // Nothing changed: no folder is read, and the same files are found.
         let again = DirCache::new(stored.clone(), i64::MAX);
         assert_eq!(walk_with(r, &again), all);
-        assert_eq!(again.counts(), (0, 5));
+        assert_eq!(again.counts(), (0, 5, 0));
         assert!(again.into_changes().is_empty());
 
         // The stored listing really is what the walk goes by while the stamp holds...
@@ -474,7 +490,7 @@ mod tests {
         let found = walk_with(r, &after);
         assert!(found.contains(&"p/new.jsonl".into()), "{found:?}");
         assert_eq!(found.len(), all.len() + 1);
-        assert_eq!(after.counts(), (1, 4));
+        assert_eq!(after.counts(), (1, 4, 0));
         let changes = after.into_changes();
         assert_eq!(changes.put.len(), 1);
         assert_eq!(changes.put[0].path, p_bytes);
@@ -493,6 +509,40 @@ mod tests {
         );
     }
 
+    /// Files the ledger says need nothing are dropped by the walk (counted, never made into a
+    /// find); others, and files without metadata (links), are kept.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn files_said_unchanged_are_dropped() {
+        let t = tree();
+        let r = t.path();
+        let b = r.join("p/s/b.jsonl");
+        let b_meta = FileMeta::read(&b).unwrap();
+        let asked = std::sync::Mutex::new(Vec::new());
+        let unchanged = |source: Source, path: &[u8], stat: &FileMeta| {
+            asked.lock().unwrap().push(path.to_vec());
+            source == Source::Claude && path == b.as_os_str().as_encoded_bytes() && *stat == b_meta
+        };
+        let cache = DirCache::none().with_unchanged(&unchanged);
+        let found = walk_with(r, &cache);
+        assert!(!found.contains(&"p/s/b.jsonl".into()), "{found:?}");
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(cache.counts().2, 1);
+        // Asked about each regular file once, by its full path; never about a link.
+        let mut asked = asked.into_inner().unwrap();
+        asked.sort();
+        let expect: Vec<Vec<u8>> = [
+            "p/a.jsonl",
+            "p/s/b.jsonl",
+            "p/s/deeper/c.jsonl",
+            "top.jsonl",
+        ]
+        .iter()
+        .map(|n| r.join(n).as_os_str().as_encoded_bytes().to_vec())
+        .collect();
+        assert_eq!(asked, expect);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn folders_that_changed_within_the_margin_are_read_but_not_remembered() {
@@ -500,7 +550,7 @@ mod tests {
         let cache = DirCache::settled_now(Vec::new());
         let found = walk_with(t.path(), &cache);
         assert_eq!(found.len(), 5, "{found:?}");
-        assert_eq!(cache.counts(), (5, 0));
+        assert_eq!(cache.counts(), (5, 0, 0));
         assert!(cache.into_changes().is_empty());
     }
 }

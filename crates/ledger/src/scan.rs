@@ -77,6 +77,15 @@ pub(crate) struct Cursor {
 const PACKED_LEN: usize = 56;
 
 impl Cursor {
+    /// Whether a file with this metadata is the one this cursor describes, unchanged (a file
+    /// that is not needs reading, from its cursor's offset or again from its start).
+    fn matches(&self, stat: &FileMeta) -> bool {
+        self.dev == stat.dev
+            && self.inode == stat.inode
+            && self.size == stat.size
+            && self.mtime_ns == stat.mtime_ns
+    }
+
     /// The form stored in `cursors.stat` (one column: a warm scan loads every cursor).
     pub(crate) fn pack(&self) -> [u8; PACKED_LEN] {
         let mut out = [0u8; PACKED_LEN];
@@ -173,69 +182,69 @@ impl Ledger {
         let mut report = ScanReport::default();
         let started = std::time::Instant::now();
         let timing = std::env::var_os("TOKENLEDGER_TIMING").is_some();
-        // Folders unchanged since their stored listing are not read again.
-        let listings = DirCache::new(
-            load_listings(&self.conn)?,
-            now_ns().saturating_sub(self.listing_margin_ns),
-        );
+        // Folders unchanged since their stored listing are not read again, and files whose
+        // cursor matches what the walk finds are dropped by the walk itself: a warm scan keeps
+        // no record of the tens of thousands of files that have nothing new.
+        let stored = load_listings(&self.conn)?;
+        let cursors = load_cursors(&self.conn)?;
         if timing {
-            eprintln!("scan: listings loaded at {:?}", started.elapsed());
+            eprintln!(
+                "scan: listings and cursors loaded at {:?}",
+                started.elapsed()
+            );
         }
-        // Discover (collectors in parallel) and stat every file in parallel, while this
-        // thread loads the cursors: a warm scan is mostly file-system lookups.
-        let conn = &self.conn;
-        let listings_ref = &listings;
-        let (cursors, found) = std::thread::scope(|s| {
-            let files = s.spawn(|| {
-                // The walks take most metadata from directory entries; cursor keys (one hash
-                // of each path) are computed here too, in parallel. One list per collector.
-                let found: Vec<Vec<Found>> = collectors
-                    .par_iter()
-                    .enumerate()
-                    .map(|(collector, c)| {
-                        let mut found: Vec<Found> = c
-                            .discover_with_meta(env, listings_ref)
-                            .into_par_iter()
-                            .with_min_len(1024)
-                            .map(|(file, stat)| Found {
-                                key: cursor_key_of(&file),
-                                collector,
-                                file,
-                                stat,
-                            })
-                            .collect();
-                        found
-                            .par_iter_mut()
-                            .with_min_len(256)
-                            .filter(|f| f.stat.is_none())
-                            .for_each(|f| f.stat = FileMeta::read(&f.file.path).ok());
-                        found
+        let unchanged = |source: Source, path: &[u8], stat: &FileMeta| -> bool {
+            // A database is offered to its collector for its own change check, always.
+            if source == Source::OpenCode {
+                return false;
+            }
+            let key = match std::str::from_utf8(path) {
+                Ok(path) => crate::cursor_key(source.as_str(), path),
+                Err(_) => crate::cursor_key(source.as_str(), &String::from_utf8_lossy(path)),
+            };
+            cursors.get(key).is_some_and(|c| c.matches(stat))
+        };
+        let listings = DirCache::new(stored, now_ns().saturating_sub(self.listing_margin_ns))
+            .with_unchanged(&unchanged);
+        // Discover (collectors in parallel) and stat every file in parallel: a warm scan is
+        // mostly file-system lookups. Cursor keys (one hash of each path) are computed here
+        // too. One list per collector.
+        let found: Vec<Vec<Found>> = collectors
+            .par_iter()
+            .enumerate()
+            .map(|(collector, c)| {
+                let mut found: Vec<Found> = c
+                    .discover_with_meta(env, &listings)
+                    .into_par_iter()
+                    .with_min_len(1024)
+                    .map(|(file, stat)| Found {
+                        key: cursor_key_of(&file),
+                        collector,
+                        file,
+                        stat,
                     })
                     .collect();
-                if timing {
-                    eprintln!("scan: discovered at {:?}", started.elapsed());
-                }
                 found
-            });
-            let cursors = load_cursors(conn);
-            if timing {
-                eprintln!("scan: cursors loaded at {:?}", started.elapsed());
-            }
-            (cursors, files.join().expect("discovery does not panic"))
-        });
-        let cursors = cursors?;
-        (report.folders_read, report.folders_reused) = listings.counts();
+                    .par_iter_mut()
+                    .with_min_len(256)
+                    .filter(|f| f.stat.is_none())
+                    .for_each(|f| f.stat = FileMeta::read(&f.file.path).ok());
+                found
+            })
+            .collect();
+        let (read, reused, unchanged_files) = listings.counts();
+        (report.folders_read, report.folders_reused) = (read, reused);
         let listings = listings.into_changes();
         if timing {
             eprintln!(
-                "scan: discovered and loaded in {:?} ({})",
+                "scan: discovered in {:?} ({})",
                 started.elapsed(),
                 peak_memory()
             );
         }
         // Planned in parallel (a warm scan is mostly this and the walk): only what changed
         // becomes work. A file found twice (two roots naming one folder) is planned once.
-        report.files_seen = found.iter().map(Vec::len).sum::<usize>() as u64;
+        report.files_seen = found.iter().map(Vec::len).sum::<usize>() as u64 + unchanged_files;
         let planned: Vec<Planned> = found
             .into_par_iter()
             .flatten()
@@ -352,7 +361,7 @@ fn plan(f: Found, cursor: Option<&Cursor>) -> Option<Planned> {
     w.known = true;
     w.head = (cur.head_len, cur.head_hash);
     let same_identity = cur.dev == stat.dev && cur.inode == stat.inode;
-    let unchanged = same_identity && cur.size == stat.size && cur.mtime_ns == stat.mtime_ns;
+    let unchanged = cur.matches(&stat);
     if w.file.whole {
         if always_offer(w.file.source, &w.file) {
             w.same_as = unchanged.then_some(cur.offset);

@@ -97,6 +97,7 @@ fn a_scan_reads_only_changed_folders_and_misses_nothing() {
     let r = l.scan(&c, &env, &NoProgress).unwrap();
     assert_eq!((r.folders_read, r.folders_reused), (0, 5));
     assert_eq!((r.files_read, r.bytes_read), (0, 0));
+    assert_eq!(r.files_seen, 3);
 
     // A new session in p1 and an append in p2: p1 is read again, p2 is not (an append does not
     // change a folder), and both are counted.
