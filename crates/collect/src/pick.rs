@@ -292,6 +292,70 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
     }
 }
 
+/// A value that may be a string or an object read as `T`: which one it is, or null, or
+/// something else (skipped).
+pub(crate) enum Shape<'a, T> {
+    Str(Cow<'a, str>),
+    Obj(T),
+    /// Null (or a non-finite float, which `Value` holds as null).
+    Null,
+    Other,
+}
+
+impl<'de: 'a, 'a, T: Fields<'de>> Deserialize<'de> for Shape<'a, T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ShapeVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Fields<'de>> Visitor<'de> for ShapeVisitor<T> {
+    type Value = Shape<'de, T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(if f.is_finite() {
+            Shape::Other
+        } else {
+            Shape::Null
+        })
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Shape::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Shape::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Shape::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Shape::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        SkipVisitor.visit_seq(seq).map(|_| Shape::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        ObjectVisitor::<T>(std::marker::PhantomData)
+            .visit_map(map)
+            .map(|o| match o {
+                Object::Is(t) => Shape::Obj(t),
+                Object::Not => Shape::Other,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
