@@ -48,6 +48,9 @@ pub const MAX_DOCUMENT: u64 = 256 * 1024 * 1024;
 /// How long a read waits for a writer's lock before the database is reported unreadable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Page cache of the read-only database connection, as SQLite's `cache_size` (negative: KiB).
+const READ_CACHE_KIB: i64 = -256;
+
 /// The OpenCode collector.
 pub struct OpenCodeCollector;
 
@@ -698,11 +701,19 @@ fn bytes_of(v: ValueRef<'_>) -> Option<&[u8]> {
     }
 }
 
-fn text_of(v: ValueRef<'_>) -> Option<String> {
+fn str_of(v: ValueRef<'_>) -> Option<&str> {
     bytes_of(v)
         .and_then(|b| std::str::from_utf8(b).ok())
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
+}
+
+fn text_of(v: ValueRef<'_>) -> Option<String> {
+    str_of(v).map(str::to_string)
+}
+
+/// The key of a message id in the step totals.
+fn step_key(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
 
 fn int_of(v: ValueRef<'_>) -> Option<i64> {
@@ -722,6 +733,9 @@ fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The reads are single passes over each table: a small page cache does as well as the
+    // default 2 MB, which would stay allocated while the events are built.
+    conn.pragma_update(None, "cache_size", READ_CACHE_KIB)?;
     // One read transaction: the change check and the rows come from the same snapshot.
     let tx = conn.unchecked_transaction()?;
     let tables: HashSet<String> = {
@@ -806,6 +820,16 @@ struct DbReader<'a> {
 }
 
 impl DbReader<'_> {
+    /// Adds an event, growing the list by a quarter at a time rather than doubling it: a
+    /// database holds tens of thousands of events, and a doubled list is mostly empty.
+    fn push_event(&mut self, e: UsageEvent) {
+        if self.events.len() == self.events.capacity() {
+            let more = (self.events.capacity() / 4).max(1024);
+            self.events.reserve_exact(more);
+        }
+        self.events.push(e);
+    }
+
     fn skip(&mut self, row: u64, reason: SkipReason) {
         self.skipped.push(Skipped {
             path: self.path.to_path_buf(),
@@ -842,7 +866,9 @@ impl DbReader<'_> {
         if !self.tables.contains("message") {
             return Ok(());
         }
-        let mut steps: HashMap<String, RawTokens> = HashMap::new();
+        // Step totals per message, keyed by a 128-bit hash of the message id rather than the
+        // id itself: a third of the memory, and a collision is out of reach.
+        let mut steps: HashMap<u128, RawTokens> = HashMap::new();
         if self.tables.contains("part") {
             // Only parts holding `step-finish` go to the JSON parser (the large text and tool
             // parts do not). The search is done here rather than by SQLite's `instr`, which
@@ -866,10 +892,14 @@ impl DbReader<'_> {
                 self.read += data.len() as u64;
                 match parse_step_finish(data) {
                     Ok(Some((mid, t))) => {
-                        let Some(mid) = text_of(r.get_ref(0)?).or(mid) else {
-                            continue;
+                        let key = match str_of(r.get_ref(0)?) {
+                            Some(m) => step_key(m),
+                            None => match mid {
+                                Some(m) => step_key(&m),
+                                None => continue,
+                            },
                         };
-                        steps.entry(mid).or_default().add(&t);
+                        steps.entry(key).or_default().add(&t);
                     }
                     Ok(None) => {}
                     Err(reason) => bad.push((n, reason)),
@@ -910,7 +940,7 @@ impl DbReader<'_> {
             if skip_sessions.contains(&session) {
                 continue;
             }
-            let Some(tokens) = steps.get(&id).copied().or(info.tokens) else {
+            let Some(tokens) = steps.get(&step_key(&id)).copied().or(info.tokens) else {
                 continue;
             };
             if tokens.counts().is_zero() {
@@ -930,7 +960,7 @@ impl DbReader<'_> {
                 &project,
                 &tokens,
             ) {
-                Some(e) => self.events.push(e),
+                Some(e) => self.push_event(e),
                 None => self.skip(n, SkipReason::BadFields),
             }
         }
