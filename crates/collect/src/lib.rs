@@ -16,6 +16,7 @@ pub mod claude;
 pub mod codex;
 pub mod gemini;
 pub mod opencode;
+mod pick;
 pub mod qwen;
 
 pub use env::Env;

@@ -29,9 +29,11 @@
 //! before the `seq` of its `fork_boundary` message are dropped; when the boundary cannot be
 //! resolved, a row is dropped when the parent has a row of the same `seq` with the same tokens.
 
+use crate::pick::{self, Any, Fields, Object, Shape, Skip};
 use crate::{stable_hash, Collector, Env, FileScan, FoundFile, SkipReason, Skipped, UsageEvent};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
+use serde::de::MapAccess;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -45,6 +47,9 @@ pub const MAX_DOCUMENT: u64 = 256 * 1024 * 1024;
 
 /// How long a read waits for a writer's lock before the database is reported unreadable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Page cache of the read-only database connection, as SQLite's `cache_size` (negative: KiB).
+const READ_CACHE_KIB: i64 = -256;
 
 /// The OpenCode collector.
 pub struct OpenCodeCollector;
@@ -140,49 +145,197 @@ fn str_field(v: &Value, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn parse_bytes(bytes: &[u8]) -> Result<Value, SkipReason> {
-    serde_json::from_slice(bytes).map_err(|_| crate::lines::unparsable(bytes))
+/// The fields of a message JSON that [`MessageInfo`] needs (last key wins, as in `Value`).
+#[derive(Default)]
+struct MessageFields<'a> {
+    id: Option<Any<'a>>,
+    session: Option<Any<'a>>,
+    role: Option<Any<'a>>,
+    kind: Option<Any<'a>>,
+    time: Option<Shape<'a, TimeFields<'a>>>,
+    model_id: Option<Any<'a>>,
+    model: Option<Shape<'a, NamedFields<'a>>>,
+    path: Option<Shape<'a, NamedFields<'a>>>,
+    tokens: Option<Shape<'a, TokenFields<'a>>>,
+}
+
+impl<'de> Fields<'de> for MessageFields<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "id" => self.id = Some(map.next_value()?),
+            "sessionID" => self.session = Some(map.next_value()?),
+            "role" => self.role = Some(map.next_value()?),
+            "type" => self.kind = Some(map.next_value()?),
+            "time" => self.time = Some(map.next_value()?),
+            "modelID" => self.model_id = Some(map.next_value()?),
+            "model" => self.model = Some(map.next_value()?),
+            "path" => self.path = Some(map.next_value()?),
+            "tokens" => self.tokens = Some(map.next_value()?),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `time.created`.
+#[derive(Default)]
+struct TimeFields<'a> {
+    created: Option<Any<'a>>,
+}
+
+impl<'de> Fields<'de> for TimeFields<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        if key == "created" {
+            self.created = Some(map.next_value()?);
+        } else {
+            map.next_value::<Skip>()?;
+        }
+        Ok(())
+    }
+}
+
+/// The string fields of `model` (`modelID`, `id`) and `path` (`root`, `cwd`).
+#[derive(Default)]
+struct NamedFields<'a> {
+    model_id: Option<Any<'a>>,
+    id: Option<Any<'a>>,
+    root: Option<Any<'a>>,
+    cwd: Option<Any<'a>>,
+}
+
+impl<'de> Fields<'de> for NamedFields<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "modelID" => self.model_id = Some(map.next_value()?),
+            "id" => self.id = Some(map.next_value()?),
+            "root" => self.root = Some(map.next_value()?),
+            "cwd" => self.cwd = Some(map.next_value()?),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `tokens` object: `input`, `output`, `reasoning` and `cache.{read,write}`.
+#[derive(Default)]
+struct TokenFields<'a> {
+    input: Option<Any<'a>>,
+    output: Option<Any<'a>>,
+    reasoning: Option<Any<'a>>,
+    cache: Option<Shape<'a, CacheFields<'a>>>,
+}
+
+impl<'de> Fields<'de> for TokenFields<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "input" => self.input = Some(map.next_value()?),
+            "output" => self.output = Some(map.next_value()?),
+            "reasoning" => self.reasoning = Some(map.next_value()?),
+            "cache" => self.cache = Some(map.next_value()?),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct CacheFields<'a> {
+    read: Option<Any<'a>>,
+    write: Option<Any<'a>>,
+}
+
+impl<'de> Fields<'de> for CacheFields<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "read" => self.read = Some(map.next_value()?),
+            "write" => self.write = Some(map.next_value()?),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TokenFields<'_> {
+    /// The counts; `None` when a field has a wrong type (as [`RawTokens::from_json`]).
+    fn raw(&self) -> Option<RawTokens> {
+        let (read, write) = match &self.cache {
+            None | Some(Shape::Null) => (None, None),
+            Some(Shape::Obj(c)) => (c.read.as_ref(), c.write.as_ref()),
+            Some(_) => return None,
+        };
+        Some(RawTokens {
+            input: pick::count(self.input.as_ref())?,
+            output: pick::count(self.output.as_ref())?,
+            reasoning: pick::count(self.reasoning.as_ref())?,
+            cache_read: pick::count(read)?,
+            cache_write: pick::count(write)?,
+        })
+    }
+}
+
+/// A `tokens` value: `Ok(None)` when absent or null, an error when it is not a valid object.
+fn tokens_of(t: &Option<Shape<'_, TokenFields<'_>>>) -> Result<Option<RawTokens>, SkipReason> {
+    match t {
+        None | Some(Shape::Null) => Ok(None),
+        Some(Shape::Obj(t)) => t.raw().map(Some).ok_or(SkipReason::BadFields),
+        Some(_) => Err(SkipReason::BadFields),
+    }
+}
+
+/// A non-blank string field, owned.
+fn non_blank(v: Option<&Any<'_>>) -> Option<String> {
+    v.and_then(Any::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
 }
 
 /// Parses an OpenCode message JSON. Errors are the reason to skip it.
 pub fn parse_message(bytes: &[u8]) -> Result<MessageInfo, SkipReason> {
-    let v = parse_bytes(bytes)?;
-    message_info(&v)
-}
-
-fn message_info(v: &Value) -> Result<MessageInfo, SkipReason> {
-    if !v.is_object() {
+    let v: Object<MessageFields> =
+        serde_json::from_slice(bytes).map_err(|_| crate::lines::unparsable(bytes))?;
+    let Object::Is(v) = v else {
         return Err(SkipReason::BadFields);
-    }
-    let role = v
-        .get("role")
-        .or_else(|| v.get("type"))
-        .and_then(Value::as_str);
-    let created_ms = match v.get("time").and_then(|t| t.get("created")) {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Some(_) => return Err(SkipReason::BadFields),
     };
-    // v1: top-level `modelID`; newer: `model.{modelID|id}`.
-    let model = str_field(v, "modelID").or_else(|| {
-        v.get("model").and_then(|m| match m {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(_) => str_field(m, "modelID").or_else(|| str_field(m, "id")),
-            _ => None,
-        })
-    });
-    let project = match v.get("path") {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-        Some(p @ Value::Object(_)) => str_field(p, "root").or_else(|| str_field(p, "cwd")),
+    // `role` when the key is there (whatever its value), else `type`.
+    let role = match &v.role {
+        Some(r) => r.as_str(),
+        None => v.kind.as_ref().and_then(Any::as_str),
+    };
+    let created = match &v.time {
+        Some(Shape::Obj(t)) => t.created.as_ref(),
         _ => None,
     };
-    let tokens = match v.get("tokens") {
-        None | Some(Value::Null) => None,
-        Some(t) => Some(RawTokens::from_json(t).ok_or(SkipReason::BadFields)?),
+    let created_ms = match created {
+        None => None,
+        Some(c) if c.is_null() => None,
+        Some(c) => match c.number() {
+            Some(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+            None => return Err(SkipReason::BadFields),
+        },
     };
+    // v1: top-level `modelID`; newer: `model.{modelID|id}`.
+    let model = non_blank(v.model_id.as_ref()).or_else(|| match &v.model {
+        Some(Shape::Str(s)) => Some(s.to_string()),
+        Some(Shape::Obj(m)) => non_blank(m.model_id.as_ref()).or_else(|| non_blank(m.id.as_ref())),
+        _ => None,
+    });
+    let project = match &v.path {
+        Some(Shape::Str(s)) if !s.trim().is_empty() => Some(s.to_string()),
+        Some(Shape::Obj(p)) => non_blank(p.root.as_ref()).or_else(|| non_blank(p.cwd.as_ref())),
+        _ => None,
+    };
+    let tokens = tokens_of(&v.tokens)?;
     Ok(MessageInfo {
-        id: str_field(v, "id"),
-        session: str_field(v, "sessionID"),
+        id: non_blank(v.id.as_ref()),
+        session: non_blank(v.session.as_ref()),
         assistant: role == Some("assistant"),
         created_ms,
         model,
@@ -191,18 +344,41 @@ fn message_info(v: &Value) -> Result<MessageInfo, SkipReason> {
     })
 }
 
+/// The fields of a part JSON that [`parse_step_finish`] needs.
+#[derive(Default)]
+struct PartFields<'a> {
+    kind: Option<Any<'a>>,
+    message: Option<Any<'a>>,
+    tokens: Option<Shape<'a, TokenFields<'a>>>,
+}
+
+impl<'de> Fields<'de> for PartFields<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "type" => self.kind = Some(map.next_value()?),
+            "messageID" => self.message = Some(map.next_value()?),
+            "tokens" => self.tokens = Some(map.next_value()?),
+            _ => {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A part JSON: `Ok(Some((messageID, tokens)))` for a `step-finish` part, `Ok(None)` for any
 /// other part, an error when it cannot be read.
 pub fn parse_step_finish(bytes: &[u8]) -> Result<Option<(Option<String>, RawTokens)>, SkipReason> {
-    let v = parse_bytes(bytes)?;
-    if v.get("type").and_then(Value::as_str) != Some("step-finish") {
+    let v: Object<PartFields> =
+        serde_json::from_slice(bytes).map_err(|_| crate::lines::unparsable(bytes))?;
+    let Object::Is(v) = v else {
+        return Ok(None);
+    };
+    if v.kind.as_ref().and_then(Any::as_str) != Some("step-finish") {
         return Ok(None);
     }
-    let tokens = match v.get("tokens") {
-        None | Some(Value::Null) => RawTokens::default(),
-        Some(t) => RawTokens::from_json(t).ok_or(SkipReason::BadFields)?,
-    };
-    Ok(Some((str_field(&v, "messageID"), tokens)))
+    let tokens = tokens_of(&v.tokens)?.unwrap_or_default();
+    Ok(Some((non_blank(v.message.as_ref()), tokens)))
 }
 
 /// The usage event of one assistant message, or `None` when every count is zero or it has no
@@ -525,11 +701,19 @@ fn bytes_of(v: ValueRef<'_>) -> Option<&[u8]> {
     }
 }
 
-fn text_of(v: ValueRef<'_>) -> Option<String> {
+fn str_of(v: ValueRef<'_>) -> Option<&str> {
     bytes_of(v)
         .and_then(|b| std::str::from_utf8(b).ok())
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
+}
+
+fn text_of(v: ValueRef<'_>) -> Option<String> {
+    str_of(v).map(str::to_string)
+}
+
+/// The key of a message id in the step totals.
+fn step_key(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
 
 fn int_of(v: ValueRef<'_>) -> Option<i64> {
@@ -549,6 +733,9 @@ fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The reads are single passes over each table: a small page cache does as well as the
+    // default 2 MB, which would stay allocated while the events are built.
+    conn.pragma_update(None, "cache_size", READ_CACHE_KIB)?;
     // One read transaction: the change check and the rows come from the same snapshot.
     let tx = conn.unchecked_transaction()?;
     let tables: HashSet<String> = {
@@ -633,6 +820,16 @@ struct DbReader<'a> {
 }
 
 impl DbReader<'_> {
+    /// Adds an event, growing the list by a quarter at a time rather than doubling it: a
+    /// database holds tens of thousands of events, and a doubled list is mostly empty.
+    fn push_event(&mut self, e: UsageEvent) {
+        if self.events.len() == self.events.capacity() {
+            let more = (self.events.capacity() / 4).max(1024);
+            self.events.reserve_exact(more);
+        }
+        self.events.push(e);
+    }
+
     fn skip(&mut self, row: u64, reason: SkipReason) {
         self.skipped.push(Skipped {
             path: self.path.to_path_buf(),
@@ -669,28 +866,40 @@ impl DbReader<'_> {
         if !self.tables.contains("message") {
             return Ok(());
         }
-        let mut steps: HashMap<String, RawTokens> = HashMap::new();
+        // Step totals per message, keyed by a 128-bit hash of the message id rather than the
+        // id itself: a third of the memory, and a collision is out of reach.
+        let mut steps: HashMap<u128, RawTokens> = HashMap::new();
         if self.tables.contains("part") {
-            // `instr` keeps the large text/tool parts out of the JSON parser.
-            let mut st = self.conn.prepare(
-                "SELECT message_id, data FROM part WHERE instr(data, 'step-finish') > 0 \
-                 ORDER BY rowid",
-            )?;
+            // Only parts holding `step-finish` go to the JSON parser (the large text and tool
+            // parts do not). The search is done here rather than by SQLite's `instr`, which
+            // costs several times more; `n` numbers the rows that `instr(data, 'step-finish')
+            // > 0` would have returned, as before.
+            let finder = memchr::memmem::Finder::new(b"step-finish");
+            let mut st = self
+                .conn
+                .prepare("SELECT message_id, data FROM part ORDER BY rowid")?;
             let mut rows = st.query([])?;
             let mut n = 0u64;
             let mut bad = Vec::new();
             while let Some(r) = rows.next()? {
-                n += 1;
                 let Some(data) = bytes_of(r.get_ref(1)?) else {
                     continue;
                 };
+                if finder.find(data).is_none() {
+                    continue;
+                }
+                n += 1;
                 self.read += data.len() as u64;
                 match parse_step_finish(data) {
                     Ok(Some((mid, t))) => {
-                        let Some(mid) = text_of(r.get_ref(0)?).or(mid) else {
-                            continue;
+                        let key = match str_of(r.get_ref(0)?) {
+                            Some(m) => step_key(m),
+                            None => match mid {
+                                Some(m) => step_key(&m),
+                                None => continue,
+                            },
                         };
-                        steps.entry(mid).or_default().add(&t);
+                        steps.entry(key).or_default().add(&t);
                     }
                     Ok(None) => {}
                     Err(reason) => bad.push((n, reason)),
@@ -731,7 +940,7 @@ impl DbReader<'_> {
             if skip_sessions.contains(&session) {
                 continue;
             }
-            let Some(tokens) = steps.get(&id).copied().or(info.tokens) else {
+            let Some(tokens) = steps.get(&step_key(&id)).copied().or(info.tokens) else {
                 continue;
             };
             if tokens.counts().is_zero() {
@@ -751,7 +960,7 @@ impl DbReader<'_> {
                 &project,
                 &tokens,
             ) {
-                Some(e) => self.events.push(e),
+                Some(e) => self.push_event(e),
                 None => self.skip(n, SkipReason::BadFields),
             }
         }
@@ -901,5 +1110,257 @@ impl DbReader<'_> {
             self.skip(n, SkipReason::BadFields);
         }
         Ok(sessions)
+    }
+}
+
+/// The `Value` readers the typed ones replaced, kept as the reference they must agree with.
+#[cfg(test)]
+mod reference {
+    use super::*;
+
+    fn parse_bytes(bytes: &[u8]) -> Result<Value, SkipReason> {
+        serde_json::from_slice(bytes).map_err(|_| crate::lines::unparsable(bytes))
+    }
+
+    /// Parses an OpenCode message JSON. Errors are the reason to skip it.
+    pub(super) fn parse_message(bytes: &[u8]) -> Result<MessageInfo, SkipReason> {
+        let v = parse_bytes(bytes)?;
+        message_info(&v)
+    }
+
+    fn message_info(v: &Value) -> Result<MessageInfo, SkipReason> {
+        if !v.is_object() {
+            return Err(SkipReason::BadFields);
+        }
+        let role = v
+            .get("role")
+            .or_else(|| v.get("type"))
+            .and_then(Value::as_str);
+        let created_ms = match v.get("time").and_then(|t| t.get("created")) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+            Some(_) => return Err(SkipReason::BadFields),
+        };
+        // v1: top-level `modelID`; newer: `model.{modelID|id}`.
+        let model = str_field(v, "modelID").or_else(|| {
+            v.get("model").and_then(|m| match m {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(_) => str_field(m, "modelID").or_else(|| str_field(m, "id")),
+                _ => None,
+            })
+        });
+        let project = match v.get("path") {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            Some(p @ Value::Object(_)) => str_field(p, "root").or_else(|| str_field(p, "cwd")),
+            _ => None,
+        };
+        let tokens = match v.get("tokens") {
+            None | Some(Value::Null) => None,
+            Some(t) => Some(RawTokens::from_json(t).ok_or(SkipReason::BadFields)?),
+        };
+        Ok(MessageInfo {
+            id: str_field(v, "id"),
+            session: str_field(v, "sessionID"),
+            assistant: role == Some("assistant"),
+            created_ms,
+            model,
+            project,
+            tokens,
+        })
+    }
+
+    /// A part JSON: `Ok(Some((messageID, tokens)))` for a `step-finish` part, `Ok(None)` for any
+    /// other part, an error when it cannot be read.
+    pub(super) fn parse_step_finish(
+        bytes: &[u8],
+    ) -> Result<Option<(Option<String>, RawTokens)>, SkipReason> {
+        let v = parse_bytes(bytes)?;
+        if v.get("type").and_then(Value::as_str) != Some("step-finish") {
+            return Ok(None);
+        }
+        let tokens = match v.get("tokens") {
+            None | Some(Value::Null) => RawTokens::default(),
+            Some(t) => RawTokens::from_json(t).ok_or(SkipReason::BadFields)?,
+        };
+        Ok(Some((str_field(&v, "messageID"), tokens)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> usize {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 33) as usize
+    }
+
+    /// Object members that exercise every branch of the message and part readers.
+    const PIECES: &[&str] = &[
+        r#""id":"msg_1""#,
+        r#""id":" ""#,
+        r#""id":5"#,
+        r#""sessionID":"ses_1""#,
+        r#""sessionID":null"#,
+        r#""role":"assistant""#,
+        r#""role":null"#,
+        r#""role":"user""#,
+        r#""type":"assistant""#,
+        r#""type":"step-finish""#,
+        r#""type":"text""#,
+        r#""t\u0079pe":"step-finish""#,
+        r#""time":{"created":1759441061567,"completed":1}"#,
+        r#""time":{"created":1.5e12}"#,
+        r#""time":{"created":-3}"#,
+        r#""time":{"created":9223372036854775808}"#,
+        r#""time":{"created":"x"}"#,
+        r#""time":{"created":null}"#,
+        r#""time":[1]"#,
+        r#""time":7"#,
+        r#""modelID":"claude-sonnet-4.6""#,
+        r#""modelID":"  ""#,
+        r#""modelID":3"#,
+        r#""model":"gpt-5""#,
+        r#""model":"""#,
+        r#""model":{"providerID":"p","modelID":"m1"}"#,
+        r#""model":{"id":"m2","modelID":" "}"#,
+        r#""model":[]"#,
+        r#""path":"/p""#,
+        r#""path":" ""#,
+        r#""path":{"cwd":"/c","root":"/r"}"#,
+        r#""path":{"cwd":"/c","root":4}"#,
+        r#""path":null"#,
+        r#""tokens":{"total":5,"input":2081,"output":1916,"reasoning":0,"cache":{"read":24845,"write":0}}"#,
+        r#""tokens":{"input":1,"input":2,"cache":null}"#,
+        r#""tokens":{"input":1.0,"cache":{"read":-1}}"#,
+        r#""tokens":{"output":"1"}"#,
+        r#""tokens":{"cache":5}"#,
+        r#""tokens":{"cache":{"write":3e2,"x":[{}]}}"#,
+        r#""tokens":null"#,
+        r#""tokens":[]"#,
+        r#""tokens":"x""#,
+        r#""messageID":"msg_1""#,
+        r#""messageID":"""#,
+        r#""messageID":{"a":1}"#,
+        r#""text":"a\\nb \ud83d\ude00""#,
+        r#""text":"\udc00""#,
+        r#""state":{"output":[[[[]]]]}"#,
+    ];
+
+    /// The typed readers give exactly what the `Value` readers gave.
+    #[test]
+    fn typed_readers_agree_with_the_value_readers() {
+        let mut seed = 7u64;
+        let (mut infos, mut steps, mut errors) = (0, 0, 0);
+        for _ in 0..6000 {
+            let mut fields: Vec<&str> = Vec::new();
+            match lcg(&mut seed) % 3 {
+                0 => fields.extend([PIECES[0], PIECES[5], PIECES[12], PIECES[33]]),
+                1 => fields.extend([PIECES[9], PIECES[33], PIECES[42]]),
+                _ => {}
+            }
+            let n = lcg(&mut seed) % 4;
+            fields.extend((0..n).map(|_| PIECES[lcg(&mut seed) % PIECES.len()]));
+            let mut text = format!("{{{}}}", fields.join(",")).into_bytes();
+            match lcg(&mut seed) % 25 {
+                0 => text.truncate(text.len() / 2),
+                1 => text = [b"[", &text[..], b"]"].concat(),
+                2 => text.extend_from_slice(b"\xff"),
+                3 => text = b"null".to_vec(),
+                _ => {}
+            }
+            let what = String::from_utf8_lossy(&text).into_owned();
+            let m = parse_message(&text);
+            assert_eq!(m, reference::parse_message(&text), "{what}");
+            let p = parse_step_finish(&text);
+            assert_eq!(p, reference::parse_step_finish(&text), "{what}");
+            infos += usize::from(m.is_ok_and(|m| m.tokens.is_some()));
+            steps += usize::from(matches!(p, Ok(Some(_))));
+            errors += usize::from(p.is_err());
+        }
+        assert!(
+            infos > 1000 && steps > 1000 && errors > 500,
+            "{infos} {steps} {errors}"
+        );
+    }
+
+    /// The parts filter (a byte search in Rust instead of SQLite's `instr`) keeps the same
+    /// parts and numbers skipped parts as the `instr` query numbered its rows.
+    #[test]
+    fn parts_filter_matches_instr_and_its_row_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opencode.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT, time_created INTEGER,
+                 time_updated INTEGER, data);
+             CREATE TABLE part (id TEXT PRIMARY KEY, message_id TEXT, session_id TEXT,
+                 time_created INTEGER, time_updated INTEGER, data);",
+        )
+        .unwrap();
+        let step = |input: u64| {
+            format!(r#"{{"type":"step-finish","tokens":{{"input":{input},"output":1}}}}"#)
+        };
+        let parts: Vec<rusqlite::types::Value> = vec![
+            "{\"type\":\"text\",\"text\":\"no marker\"}"
+                .to_string()
+                .into(),
+            step(10).into(),
+            rusqlite::types::Value::Null,
+            "{\"type\":\"step-finish\",\"tokens\":{\"input\":\"bad\"}}"
+                .to_string()
+                .into(),
+            rusqlite::types::Value::Integer(5),
+            "{\"type\":\"text\",\"text\":\"mentions step-finish\"}"
+                .to_string()
+                .into(),
+            b"{\"type\":\"step-finish\",\"tokens\":{\"input\":100}}"
+                .to_vec()
+                .into(),
+            "{\"type\":\"text\",\"text\":\"\u{e9}\"}".to_string().into(),
+            b"{\"type\":\"step-finish\xff\"}".to_vec().into(),
+            "step-finish, not json".to_string().into(),
+            step(1000).into(),
+        ];
+        for (i, d) in parts.iter().enumerate() {
+            c.execute(
+                "INSERT INTO part VALUES (?1, 'msg_1', 'ses_1', 0, 0, ?2)",
+                rusqlite::params![format!("prt_{i}"), d],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO message VALUES ('msg_1', 'ses_1', 0, 0, ?1)",
+            [r#"{"role":"assistant","time":{"created":1759441061567},"tokens":{"input":1}}"#],
+        )
+        .unwrap();
+        drop(c);
+
+        // What the `instr` query gave: its rows, numbered from 1, through the same parser.
+        let c = Connection::open(&path).unwrap();
+        let mut st = c
+            .prepare("SELECT data FROM part WHERE instr(data, 'step-finish') > 0 ORDER BY rowid")
+            .unwrap();
+        let mut rows = st.query([]).unwrap();
+        let (mut n, mut expected_skips, mut input) = (0u64, Vec::new(), 0u64);
+        while let Some(r) = rows.next().unwrap() {
+            n += 1;
+            match parse_step_finish(bytes_of(r.get_ref(0).unwrap()).unwrap()) {
+                Ok(Some((_, t))) => input += t.input,
+                Ok(None) => {}
+                Err(reason) => expected_skips.push((n, reason)),
+            }
+        }
+        assert_eq!(input, 1110);
+        assert_eq!(expected_skips.len(), 3);
+
+        let scan = scan_db(&path, "");
+        let skips: Vec<(u64, SkipReason)> =
+            scan.skipped.iter().map(|s| (s.line, s.reason)).collect();
+        assert_eq!(skips, expected_skips);
+        assert_eq!(scan.events.len(), 1);
+        assert_eq!(scan.events[0].tokens.input_tokens, 1110);
     }
 }
