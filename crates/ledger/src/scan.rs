@@ -234,7 +234,7 @@ impl Ledger {
             .collect();
         let (read, reused, unchanged_files) = listings.counts();
         (report.folders_read, report.folders_reused) = (read, reused);
-        let listings = listings.into_changes();
+        let mut listings = listings.into_changes();
         if timing {
             eprintln!(
                 "scan: discovered in {:?} ({})",
@@ -309,7 +309,7 @@ impl Ledger {
                     );
                 }
             });
-            write_all(conn, rx, &mut report, &listings)
+            write_all(conn, rx, &mut report, &mut listings)
         });
         progress.finish();
         if !writer_result? {
@@ -656,13 +656,14 @@ struct Writer {
     phases: [std::time::Duration; 4],
 }
 
-/// Writes what the readers send; the folder listings go in with the last commit. Returns
-/// whether anything was written (nothing, and no lock taken, when no batch had anything).
+/// Writes what the readers send; the folder listings go in first (and are let go: a first
+/// scan lists thousands of folders). Returns whether anything was written (nothing, and no
+/// lock taken, when no batch had anything; the listings are then left to the caller).
 fn write_all(
     conn: &mut Connection,
     rx: std::sync::mpsc::Receiver<Batch>,
     report: &mut ScanReport,
-    listings: &ListingChanges,
+    listings: &mut ListingChanges,
 ) -> Result<bool> {
     // Nothing is written (no write lock, no checkpoint) until a batch has something to write:
     // files offered for their own change check usually have not.
@@ -686,6 +687,8 @@ fn write_all(
     let cold = !tx.query_row("SELECT EXISTS (SELECT 1 FROM entries)", [], |r| {
         r.get::<_, bool>(0)
     })?;
+    store_listings(&tx, listings)?;
+    *listings = ListingChanges::default();
     let mut w = Writer {
         dims: HashMap::default(),
         dims_loaded: false,
@@ -734,7 +737,6 @@ fn write_all(
     let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
     let t_flush = t.elapsed();
-    store_listings(&tx, listings)?;
     tx.commit()?;
     if timing {
         eprintln!(
