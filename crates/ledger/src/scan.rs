@@ -14,6 +14,9 @@ use tokenledger_collect::{
 };
 use tokenledger_core::Source;
 
+/// Events a reader's batch holds before it is sent on without waiting for the rest of its
+/// files (memory bound).
+const BATCH_EVENTS: usize = 4096;
 /// Cursors buffered before they are written (memory bound).
 const FILES_PER_FLUSH: usize = 4096;
 /// How often a long scan commits: a crash loses at most this much progress, never a token.
@@ -289,7 +292,8 @@ impl Ledger {
         let writer_result = std::thread::scope(|s| {
             s.spawn(move || {
                 // Files go to the writer in small batches: one wake-up per file costs more
-                // than reading a small file.
+                // than reading a small file. A batch that holds many events goes at once
+                // (the biggest files come first, and a database can hold tens of thousands).
                 work.into_par_iter()
                     .chunks(16)
                     .for_each_with(tx, |tx, chunk| {
@@ -298,6 +302,9 @@ impl Ledger {
                             let scan = collectors[w.collector].scan(&w.file, w.offset, &w.state);
                             progress.advance(scan.bytes_read);
                             batch.add(w, scan);
+                            if batch.events.len() >= BATCH_EVENTS {
+                                let _ = tx.send(std::mem::take(&mut batch));
+                            }
                         }
                         let _ = tx.send(batch);
                     });
