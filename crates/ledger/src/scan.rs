@@ -245,26 +245,21 @@ impl Ledger {
                 peak_memory()
             );
         }
-        // Planned in parallel (a warm scan is mostly this and the walk): only what changed
-        // becomes work. A file found twice (two roots naming one folder) is planned once.
+        // Planned one by one straight into the work list: only what changed becomes work
+        // (the walks dropped the files that have nothing new), and a first scan, which plans
+        // every file, builds no second list of them on the way. A file found twice (two roots
+        // naming one folder) is planned once.
         report.files_seen = found.iter().map(Vec::len).sum::<usize>() as u64 + unchanged_files;
-        let planned: Vec<Planned> = found
-            .into_par_iter()
-            .flatten()
-            .filter_map(|f| {
-                let cursor = cursors.get(f.key);
-                plan(f, cursor)
-            })
-            .collect();
-        drop(cursors);
         let mut seen = KeySet::default();
-        let mut work: Vec<Work> = Vec::with_capacity(planned.len());
-        for p in planned {
-            match p {
-                Planned::Unreadable(path) => report
+        let mut work: Vec<Work> = Vec::with_capacity(found.iter().map(Vec::len).sum());
+        for f in found.into_iter().flatten() {
+            let cursor = cursors.get(f.key);
+            match plan(f, cursor) {
+                None => {}
+                Some(Planned::Unreadable(path)) => report
                     .skipped
                     .push(Skipped::file(&path, SkipReason::Unreadable)),
-                Planned::Read(mut w, needs_state) => {
+                Some(Planned::Read(mut w, needs_state)) => {
                     if !seen.insert(w.key) {
                         report.files_seen -= 1;
                         continue;
@@ -276,6 +271,7 @@ impl Ledger {
                 }
             }
         }
+        drop(cursors);
 
         if work.is_empty() {
             // Nothing new: no write transaction that would wait for another process's scan.
