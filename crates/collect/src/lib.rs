@@ -203,3 +203,28 @@ pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     }
     h.digest()
 }
+
+/// A hasher for map keys that are hashes already (cursor keys, dims, replay groups, path
+/// hashes): the key is its own hash.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.0 = n as u64;
+    }
+}
+
+/// Builds [`KeyHasher`]s.
+pub type KeyBuild = std::hash::BuildHasherDefault<KeyHasher>;

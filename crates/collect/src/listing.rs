@@ -11,7 +11,7 @@
 //! time, even with a coarse clock or a file system that keeps whole seconds; a folder that
 //! changed within the margin is listed again by the next walk.
 
-use crate::FileMeta;
+use crate::{FileMeta, KeyBuild};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -143,11 +143,9 @@ pub type Unchanged<'a> = dyn Fn(Source, &[u8], &FileMeta) -> bool + Sync + 'a;
 pub struct DirCache<'a> {
     stored: StoredListings,
     /// Index into `stored` by a hash of the path (the path is compared on a hit).
-    by_path: HashMap<u64, u32, BuildPathHash>,
+    by_path: HashMap<u64, u32, KeyBuild>,
     /// Folders whose times are both before this (ns since the epoch) have settled.
     settled_before_ns: i64,
-    /// Whether walks may use and record listings at all.
-    enabled: bool,
     changes: Mutex<ListingChanges>,
     /// Folders read, and folders whose stored listing was used.
     read: AtomicU64,
@@ -158,25 +156,15 @@ pub struct DirCache<'a> {
 }
 
 impl<'a> DirCache<'a> {
-    /// No listings, and nothing recorded: every folder is read.
+    /// No listings, and nothing recorded (no folder has settled): every folder is read.
     pub fn none() -> DirCache<'static> {
-        DirCache {
-            stored: StoredListings::default(),
-            by_path: HashMap::default(),
-            settled_before_ns: i64::MIN,
-            enabled: false,
-            changes: Mutex::default(),
-            read: AtomicU64::new(0),
-            reused: AtomicU64::new(0),
-            unchanged: None,
-            dropped: AtomicU64::new(0),
-        }
+        DirCache::new(StoredListings::default(), i64::MIN)
     }
 
     /// Stored listings; folders last changed before `settled_before_ns` are remembered.
     pub fn new(stored: impl Into<StoredListings>, settled_before_ns: i64) -> DirCache<'a> {
         let stored = stored.into();
-        let mut by_path = HashMap::with_capacity_and_hasher(stored.len(), BuildPathHash::default());
+        let mut by_path = HashMap::with_capacity_and_hasher(stored.len(), KeyBuild::default());
         for (i, s) in stored.items.iter().enumerate() {
             // A damaged listing is not used: its folder is read again.
             if Entries::valid(stored.entries(s)) {
@@ -187,7 +175,6 @@ impl<'a> DirCache<'a> {
             stored,
             by_path,
             settled_before_ns,
-            enabled: true,
             changes: Mutex::default(),
             read: AtomicU64::new(0),
             reused: AtomicU64::new(0),
@@ -196,9 +183,10 @@ impl<'a> DirCache<'a> {
         }
     }
 
-    /// Stored listings, with the settling margin measured back from now.
-    pub fn settled_now(listings: impl Into<StoredListings>) -> DirCache<'a> {
-        DirCache::new(listings, now_ns().saturating_sub(SETTLE_NS))
+    /// Stored listings; folders last changed more than `margin_ns` ago are remembered
+    /// ([`SETTLE_NS`] outside tests).
+    pub fn settled_now(listings: impl Into<StoredListings>, margin_ns: i64) -> DirCache<'a> {
+        DirCache::new(listings, now_ns().saturating_sub(margin_ns))
     }
 
     /// What the walks learnt, for the store.
@@ -217,9 +205,6 @@ impl<'a> DirCache<'a> {
 
     /// The remembered entries of the folder at `path`, if it has not changed since.
     pub(crate) fn entries(&self, path: &[u8], stamp: &DirStamp) -> Option<&[u8]> {
-        if !self.enabled {
-            return None;
-        }
         let hit = self
             .stored(path)
             .filter(|(s, _)| *s == stamp)
@@ -272,7 +257,7 @@ impl<'a> DirCache<'a> {
     /// this one lacks are forgotten.
     pub(crate) fn listed(&self, path: &[u8], stamp: Option<DirStamp>, buf: EntriesBuf) {
         self.read.fetch_add(1, Ordering::Relaxed);
-        let Some(stamp) = stamp.filter(|_| self.enabled && !buf.overflow) else {
+        let Some(stamp) = stamp.filter(|_| !buf.overflow) else {
             return;
         };
         let entries = buf.bytes;
@@ -330,26 +315,6 @@ fn now_ns() -> i64 {
 fn path_hash(path: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(path)
 }
-
-/// The map's keys are hashes already.
-#[derive(Default)]
-struct PathHash(u64);
-
-impl std::hash::Hasher for PathHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type BuildPathHash = std::hash::BuildHasherDefault<PathHash>;
 
 /// Encodes a listing: per entry its kind, the length of its name, the name.
 #[derive(Default)]

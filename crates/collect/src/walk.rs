@@ -547,7 +547,7 @@ mod tests {
     #[test]
     fn folders_that_changed_within_the_margin_are_read_but_not_remembered() {
         let t = tree();
-        let cache = DirCache::settled_now(Vec::new());
+        let cache = DirCache::settled_now(Vec::new(), crate::listing::SETTLE_NS);
         let found = walk_with(t.path(), &cache);
         assert_eq!(found.len(), 5, "{found:?}");
         assert_eq!(cache.counts(), (5, 0, 0));

@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::Read;
 use tokenledger_collect::lines::HEAD_LEN;
 use tokenledger_collect::{
-    Collector, DirCache, DirStamp, Env, FileMeta, FileScan, FoundFile, ListingChanges, SkipReason,
-    Skipped, StoredListings,
+    Collector, DirCache, DirStamp, Env, FileMeta, FileScan, FoundFile, KeyBuild, ListingChanges,
+    SkipReason, Skipped, StoredListings,
 };
 use tokenledger_core::Source;
 
@@ -207,8 +207,8 @@ impl Ledger {
             };
             cursors.get(key).is_some_and(|c| c.matches(stat))
         };
-        let listings = DirCache::new(stored, now_ns().saturating_sub(self.listing_margin_ns))
-            .with_unchanged(&unchanged);
+        let listings =
+            DirCache::settled_now(stored, self.listing_margin_ns).with_unchanged(&unchanged);
         // Discover (collectors in parallel) and stat every file in parallel: a warm scan is
         // mostly file-system lookups. Cursor keys (one hash of each path) are computed here
         // too. One list per collector.
@@ -249,9 +249,10 @@ impl Ledger {
         // (the walks dropped the files that have nothing new), and a first scan, which plans
         // every file, builds no second list of them on the way. A file found twice (two roots
         // naming one folder) is planned once.
-        report.files_seen = found.iter().map(Vec::len).sum::<usize>() as u64 + unchanged_files;
+        let found_len: usize = found.iter().map(Vec::len).sum();
+        report.files_seen = found_len as u64 + unchanged_files;
         let mut seen = KeySet::default();
-        let mut work: Vec<Work> = Vec::with_capacity(found.iter().map(Vec::len).sum());
+        let mut work: Vec<Work> = Vec::with_capacity(found_len);
         for f in found.into_iter().flatten() {
             let cursor = cursors.get(f.key);
             match plan(f, cursor) {
@@ -464,25 +465,6 @@ fn load_cursors(conn: &Connection) -> Result<Cursors> {
     Ok(Cursors::new(out))
 }
 
-/// Cursor keys, dims and replay groups are hashes already: they index hash tables as they are.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_i64(&mut self, n: i64) {
-        self.0 = n as u64;
-    }
-}
-
-type KeyBuild = std::hash::BuildHasherDefault<KeyHasher>;
 type KeySet = HashSet<i64, KeyBuild>;
 
 /// A file read by a worker: its new cursor.
@@ -831,13 +813,6 @@ fn store_listings_unless_busy(conn: &mut Connection, changes: &ListingChanges) -
         }
         other => Ok(other?),
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Copies the committed write-ahead log into the database file as far as readers allow
