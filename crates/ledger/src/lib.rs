@@ -7,6 +7,7 @@
 //!
 //! Data flows one way: collectors -> [`Ledger::scan`] -> entries -> aggregates -> reports/outbox.
 
+mod queue;
 mod scan;
 mod schema;
 
