@@ -313,34 +313,96 @@ enum Burst {
 }
 
 /// Parser state carried between incremental scans (serialised as JSON into `FileScan.state`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The ledger keeps one per rollout, so the JSON is short: one- or two-letter names, fields at
+/// their default left out. The long names that ledgers written before still hold are read too.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct State {
     /// Whether the file's own (first) `session_meta` has been read.
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "ms",
+        alias = "meta_seen",
+        skip_serializing_if = "is_false"
+    )]
     meta_seen: bool,
     /// `session_meta.payload.id` of the first `session_meta`.
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "id",
+        alias = "meta_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     meta_id: Option<String>,
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "o",
+        alias = "owner",
+        skip_serializing_if = "Option::is_none"
+    )]
     owner: Option<Owner>,
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "b",
+        alias = "burst",
+        skip_serializing_if = "Burst::is_done"
+    )]
     burst: Burst,
     /// The previous cumulative total (the baseline of the next delta).
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "p",
+        alias = "prev",
+        skip_serializing_if = "Option::is_none"
+    )]
     prev: Option<[u64; 5]>,
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "m",
+        alias = "model",
+        skip_serializing_if = "Option::is_none"
+    )]
     model: Option<String>,
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "c",
+        alias = "cwd",
+        skip_serializing_if = "Option::is_none"
+    )]
     cwd: Option<String>,
     /// The latest parseable line timestamp (ms), used for lines whose own is unreadable.
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "t",
+        alias = "last_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
     last_ms: Option<i64>,
     /// A `token_count` with usage has been seen: `token_usage_record` lines are ignored.
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "tc",
+        alias = "seen_token_count",
+        skip_serializing_if = "is_false"
+    )]
     seen_token_count: bool,
     /// Records were emitted by an earlier scan before any `token_count` appeared.
-    #[serde(default)]
+    #[serde(
+        default,
+        rename = "re",
+        alias = "records_emitted",
+        skip_serializing_if = "is_false"
+    )]
     records_emitted: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Burst {
+    fn is_done(&self) -> bool {
+        *self == Burst::Done
+    }
 }
 
 /// The five counted fields in [`TokenCounts`] order (total derived).
@@ -984,6 +1046,60 @@ mod tests {
         );
         assert_eq!(rollout_id_from_name("small.jsonl"), None);
         assert_eq!(rollout_id_from_name("rollout-x.json"), None);
+    }
+
+    #[test]
+    fn states_written_with_the_long_names_still_resume() {
+        // As ledgers written before the short names hold it.
+        let old = r#"{"meta_seen":true,"meta_id":"203779d1-7026-74a7-b948-11d56c939d61","owner":"EveryCode","burst":{"Active":1759594020000},"prev":[68476,11640,0,2634,258],"model":"gpt-5-codex","cwd":"/home/dev/project-1","last_ms":1759594023041,"seen_token_count":true,"records_emitted":true}"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        assert!(st.meta_seen && st.seen_token_count && st.records_emitted);
+        assert_eq!(
+            st.meta_id.as_deref(),
+            Some("203779d1-7026-74a7-b948-11d56c939d61")
+        );
+        assert_eq!(st.owner, Some(Owner::EveryCode));
+        assert_eq!(st.burst, Burst::Active(Some(1759594020000)));
+        assert_eq!(st.prev, Some([68476, 11640, 0, 2634, 258]));
+        assert_eq!(st.model.as_deref(), Some("gpt-5-codex"));
+        assert_eq!(st.cwd.as_deref(), Some("/home/dev/project-1"));
+        assert_eq!(st.last_ms, Some(1759594023041));
+        // Written again, it is shorter and reads back the same.
+        let new = serde_json::to_string(&st).unwrap();
+        assert!(new.len() + 50 < old.len(), "{new}");
+        assert_eq!(serde_json::from_str::<State>(&new).unwrap(), st);
+        assert_eq!(serde_json::to_string(&State::default()).unwrap(), "{}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_state_reads_back_the_same(
+            meta_seen: bool,
+            meta_id: Option<String>,
+            every_code: Option<bool>,
+            burst: Option<Option<i64>>,
+            prev: Option<[u64; 5]>,
+            model: Option<String>,
+            cwd: Option<String>,
+            last_ms: Option<i64>,
+            seen_token_count: bool,
+            records_emitted: bool,
+        ) {
+            let st = State {
+                meta_seen,
+                meta_id,
+                owner: every_code.map(|e| if e { Owner::EveryCode } else { Owner::Codex }),
+                burst: burst.map_or(Burst::Done, Burst::Active),
+                prev,
+                model,
+                cwd,
+                last_ms,
+                seen_token_count,
+                records_emitted,
+            };
+            let json = serde_json::to_string(&st).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<State>(&json).unwrap(), st);
+        }
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl Ledger {
     pub fn files(&self) -> Result<Vec<FileCursor>> {
         let mut stmt = self.conn.prepare(
             "SELECT p.path, p.source, c.stat, c.last_scan
-             FROM cursors c JOIN cursor_paths p ON p.key = c.key ORDER BY p.source, p.path",
+             FROM cursors c JOIN cursor_files p ON p.key = c.key ORDER BY p.source, p.path",
         )?;
         let rows = stmt.query_map([], |r| {
             let stat = scan::Cursor::unpack(r.get_ref(2)?.as_bytes()?);

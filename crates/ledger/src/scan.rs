@@ -442,7 +442,7 @@ fn cursor_key_of(file: &FoundFile) -> i64 {
 /// The parser state of one file's cursor (read only for files that changed: most do not).
 fn load_state(conn: &Connection, key: i64) -> Result<String> {
     Ok(conn
-        .prepare_cached("SELECT state FROM cursor_state WHERE key = ?1")?
+        .prepare_cached("SELECT state FROM cursor_files WHERE key = ?1")?
         .query_row([key], |r| r.get(0))
         .optional()?
         .unwrap_or_default())
@@ -677,6 +677,10 @@ struct Writer {
     files: Vec<FileDone>,
     /// The ledger held no entries when the scan began: no replayed copy predates this scan.
     cold: bool,
+    /// `agg_hour` is left alone until the transaction commits, then made from `agg` in one
+    /// pass: the scan began with both empty. (Kept up to date row by row, a first scan
+    /// touched each half hour's row once per flush.)
+    hours_deferred: bool,
     /// Replay groups with a replayed copy written in this scan.
     replay_groups: KeySet,
     /// Replay groups with an original written in this scan (up to [`ORIGINALS_LIMIT`]).
@@ -727,6 +731,7 @@ fn write_all(
         pending: Vec::new(),
         files: Vec::new(),
         cold,
+        hours_deferred: cold,
         replay_groups: KeySet::default(),
         originals: KeySet::default(),
         deltas: HashMap::new(),
@@ -751,6 +756,7 @@ fn write_all(
         if w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_FLUSH {
             flush(&tx, &mut w, report)?;
             if last_commit.elapsed() >= COMMIT_EVERY {
+                hours_from_agg(&tx, &mut w)?;
                 tx.commit()?;
                 // A long scan keeps the log from growing with everything it writes.
                 checkpoint(conn)?;
@@ -767,6 +773,7 @@ fn write_all(
     }
     let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
+    hours_from_agg(&tx, &mut w)?;
     let t_flush = t.elapsed();
     tx.commit()?;
     if timing {
@@ -947,22 +954,19 @@ fn flush(tx: &Transaction, w: &mut Writer, report: &mut ScanReport) -> Result<()
     for p in &pending {
         let t = p.tokens.map(|v| v as i64);
         let hour = tokenledger_core::floor_half_hour(p.ts);
-        let inserted = insert.execute(params![
-            p.key,
-            p.source.as_str(),
-            w.names.name(p.model),
-            p.ts,
-            hour,
-            p.dim,
-            t[0],
-            t[1],
-            t[2],
-            t[3],
-            t[4],
-            t[5],
-            p.grp,
-            p.replay as i64,
-        ])? > 0;
+        // Bound one by one with their types (no `ToSql` per value): this runs once per event.
+        insert.raw_bind_parameter(1, p.key)?;
+        insert.raw_bind_parameter(2, p.source.as_str())?;
+        insert.raw_bind_parameter(3, w.names.name(p.model))?;
+        insert.raw_bind_parameter(4, p.ts)?;
+        insert.raw_bind_parameter(5, hour)?;
+        insert.raw_bind_parameter(6, p.dim)?;
+        for (i, v) in t.iter().enumerate() {
+            insert.raw_bind_parameter(7 + i, *v)?;
+        }
+        insert.raw_bind_parameter(13, p.grp)?;
+        insert.raw_bind_parameter(14, p.replay as i64)?;
+        let inserted = insert.raw_execute()? > 0;
         if inserted {
             report.entries_written += 1;
             let key = (hour, w.names.id(p.source.as_str()), p.model, p.dim);
@@ -1120,16 +1124,37 @@ fn row_sums(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sums> {
 /// Adds the buffered deltas to `agg` and `agg_hour`.
 fn apply_deltas(tx: &Transaction, w: &mut Writer) -> Result<()> {
     let deltas = std::mem::take(&mut w.deltas);
-    add_to_aggregates(tx, &w.names, deltas, w.cold)
+    add_to_aggregates(tx, &w.names, deltas, w.cold, !w.hours_deferred)
 }
 
-/// Adds `sums` to `agg` and their totals per (hour, source, model) to `agg_hour`, in key
-/// order; rows that drop to zero go. `insert_first` when most rows are new.
+/// Makes `agg_hour` from `agg` when the scan deferred it (see [`Writer::hours_deferred`]);
+/// later writes in the scan keep it up to date row by row.
+fn hours_from_agg(tx: &Transaction, w: &mut Writer) -> Result<()> {
+    if !w.hours_deferred {
+        return Ok(());
+    }
+    let t0 = std::time::Instant::now();
+    tx.execute_batch(
+        "DELETE FROM agg_hour;
+         INSERT INTO agg_hour (hour_start, source, model, input, cached, cache_creation, output,
+                               reasoning, total)
+            SELECT hour_start, source, model, SUM(input), SUM(cached), SUM(cache_creation),
+                   SUM(output), SUM(reasoning), SUM(total)
+            FROM agg GROUP BY hour_start, source, model;",
+    )?;
+    w.hours_deferred = false;
+    w.phases[3] += t0.elapsed();
+    Ok(())
+}
+
+/// Adds `sums` to `agg` and (with `hours`) their totals per (hour, source, model) to
+/// `agg_hour`, in key order; rows that drop to zero go. `insert_first` when most rows are new.
 fn add_to_aggregates(
     tx: &Transaction,
     names: &Names,
     sums: HashMap<AggKey, Sums>,
     insert_first: bool,
+    hours: bool,
 ) -> Result<()> {
     let mut rows: Vec<(AggKey, Sums)> = sums
         .into_iter()
@@ -1164,7 +1189,9 @@ fn add_to_aggregates(
             }
             i += 1;
         }
-        hour.apply(h, source, model, None, &sum)?;
+        if hours {
+            hour.apply(h, source, model, None, &sum)?;
+        }
     }
     Ok(())
 }
@@ -1239,13 +1266,12 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO cursors (key, stat, last_scan) VALUES (?1, ?2, ?3)",
     )?;
+    // A new file's path and state (a replaced row: nothing else deletes one).
     let mut name = tx.prepare_cached(
-        "INSERT OR IGNORE INTO cursor_paths (key, source, path) VALUES (?1, ?2, ?3)",
+        "INSERT OR REPLACE INTO cursor_files (key, source, path, state) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    let mut set_state = tx.prepare_cached("UPDATE cursor_state SET state = ?2 WHERE key = ?1")?;
-    let mut add_state =
-        tx.prepare_cached("INSERT OR IGNORE INTO cursor_state (key, state) VALUES (?1, ?2)")?;
-    let mut clear_state = tx.prepare_cached("DELETE FROM cursor_state WHERE key = ?1")?;
+    let mut set_state =
+        tx.prepare_cached("UPDATE cursor_files SET state = ?2 WHERE key = ?1 AND state <> ?2")?;
     w.files.sort_unstable_by_key(|f| f.key);
     for f in w.files.drain(..) {
         let stat = Cursor {
@@ -1261,18 +1287,13 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
         let values = params![f.key, &stat[..], w.now];
         let inserted = !f.known && insert.execute(values)? > 0;
         if inserted {
-            name.execute(params![f.key, f.source.as_str(), f.path])?;
+            name.execute(params![f.key, f.source.as_str(), f.path, f.state])?;
         } else if update.execute(values)? == 0 {
             // Known when the scan began, but gone since (nothing else deletes cursors).
             insert.execute(values)?;
-            name.execute(params![f.key, f.source.as_str(), f.path])?;
-        }
-        if !f.state.is_empty() {
-            if inserted || set_state.execute(params![f.key, f.state])? == 0 {
-                add_state.execute(params![f.key, f.state])?;
-            }
-        } else if f.known {
-            clear_state.execute([f.key])?;
+            name.execute(params![f.key, f.source.as_str(), f.path, f.state])?;
+        } else {
+            set_state.execute(params![f.key, f.state])?;
         }
     }
     Ok(())
@@ -1313,7 +1334,7 @@ pub(crate) fn rebuild_aggregates(tx: &Transaction) -> Result<()> {
         }
     }
     tx.execute_batch("DELETE FROM agg; DELETE FROM agg_hour;")?;
-    add_to_aggregates(tx, &names, sums, true)
+    add_to_aggregates(tx, &names, sums, true, true)
 }
 
 #[cfg(test)]

@@ -125,6 +125,19 @@ const MIGRATIONS: &[&str] = &[
         stat BLOB NOT NULL,
         last_scan INTEGER NOT NULL
      );",
+    // 8: a cursor's path and parser state in one row: a first scan writes one row per file
+    // there instead of a path row for every file and a state row for most Codex rollouts.
+    "CREATE TABLE cursor_files (
+        key INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT ''
+     );
+     INSERT INTO cursor_files (key, source, path, state)
+        SELECT p.key, p.source, p.path, COALESCE(s.state, '')
+        FROM cursor_paths p LEFT JOIN cursor_state s ON s.key = p.key;
+     DROP TABLE cursor_paths;
+     DROP TABLE cursor_state;",
 ];
 
 /// Steps of a migration that run after its SQL, in the same transaction.
