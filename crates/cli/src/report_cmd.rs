@@ -226,13 +226,18 @@ fn scan_and_build(verbose: bool, plan: &Plan, prices: &PriceTable) -> Result<Val
     let mut ledger = open_ledger()?;
     // The plan's day memo is per thread: the early build gets its own copy.
     let early_plan = plan.clone();
+    // Not before a first scan: there is nothing to report yet, and its connection would keep
+    // the scan from leaving WAL mode (see `Ledger::scan`).
+    let new = ledger.is_new()?;
     std::thread::scope(|s| {
-        let early =
-            s.spawn(move || -> Result<Value> { build(&open_ledger()?, &early_plan, prices) });
+        let early = (!new).then(|| {
+            s.spawn(move || -> Result<Value> { build(&open_ledger()?, &early_plan, prices) })
+        });
         let report = scan_logs(&mut ledger, verbose)?;
-        let early = match early.join() {
-            Ok(v) => v.ok(),
-            Err(panic) => std::panic::resume_unwind(panic),
+        let early = match early.map(|e| e.join()) {
+            None => None,
+            Some(Ok(v)) => v.ok(),
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
         };
         match early {
             Some(value) if report.files_read == 0 => Ok(value),

@@ -229,6 +229,75 @@ fn history_survives_deleted_logs() {
     );
 }
 
+/// A first scan writes the new ledger with a rollback journal (see `Ledger::scan`): killed
+/// while it has pages in the database file and its journal beside it, the next run rolls the
+/// half-written scan back and counts every token once.
+#[test]
+fn a_first_scan_killed_while_writing_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus(
+        dir.path(),
+        &Options {
+            seed: 21,
+            files: 300,
+            bytes: 12 << 20,
+            ..Options::default()
+        },
+    );
+    let expected = expected_daily(&c.truth);
+    let mut killed_mid_write = 0;
+    for attempt in 0..4 {
+        let ledger = dir.path().join(format!("ledger{attempt}"));
+        let db = ledger.join("ledger.db");
+        let journal = ledger.join("ledger.db-journal");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenledger"))
+            .args(["report", "daily", "--json"])
+            .env("HOME", &c.home)
+            .env("TOKENLEDGER_HOME", &ledger)
+            .env_remove("CODEX_HOME")
+            .env_remove("CLAUDE_CONFIG_DIR")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it while its transaction is open (the journal is there): at once, or once
+        // the file has grown by pages of the scan (when it spills or commits, which a short
+        // scan may end before).
+        let mut start_len = None;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let size = fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+            if !journal.exists() {
+                continue;
+            }
+            let start = *start_len.get_or_insert(size);
+            if attempt < 2 || size > start {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                killed_mid_write += 1;
+                break;
+            }
+        }
+        let (v, _, _) = report(&c.home, &ledger);
+        assert_matches(
+            &actual_daily(&v),
+            &expected,
+            &format!("run after the kill of attempt {attempt}"),
+        );
+        assert!(!journal.exists(), "attempt {attempt}: the journal is left");
+        let (again, _, _) = report(&c.home, &ledger);
+        assert_eq!(actual_daily(&again), actual_daily(&v));
+    }
+    assert!(
+        killed_mid_write >= 2,
+        "only {killed_mid_write} of 4 first scans were killed while writing"
+    );
+}
+
 /// An assistant line of Claude Code with final usage.
 fn claude_line(msg: &str, req: &str, ts: &str, model: &str, u: [u64; 4]) -> String {
     format!(

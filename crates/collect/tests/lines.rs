@@ -126,3 +126,54 @@ fn a_directory_or_a_missing_file_is_reported_unreadable() {
         );
     }
 }
+
+/// Logs read one after another inside `with_folder_reuse` are opened by name in their folder
+/// from the second one on: each still reads its own bytes, whatever the order of folders, a
+/// name that is a folder or missing is reported unreadable, and a folder replaced after the
+/// reuse ended is looked up afresh.
+#[test]
+fn logs_opened_by_name_in_a_reused_folder_read_their_own_bytes() {
+    use tokenledger_collect::lines::with_folder_reuse;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(a.join("sub.jsonl")).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let files: Vec<std::path::PathBuf> = ["a/1.jsonl", "a/2.jsonl", "a/3.jsonl", "b/1.jsonl"]
+        .iter()
+        .map(|p| dir.path().join(p))
+        .collect();
+    for f in &files {
+        std::fs::write(f, format!("{}\n", f.display())).unwrap();
+    }
+    let read_one = |path: &std::path::Path| {
+        let mut lines = Vec::new();
+        let mut skipped = Vec::new();
+        for_each_line(path, 0, &mut skipped, |l| {
+            lines.push(String::from_utf8(l.to_vec()).unwrap())
+        });
+        (lines, skipped.iter().map(|s| s.reason).collect::<Vec<_>>())
+    };
+    let order = [0, 1, 2, 3, 0, 2, 1];
+    let got: Vec<_> = with_folder_reuse(|| order.iter().map(|&i| read_one(&files[i])).collect());
+    for (&i, (lines, skipped)) in order.iter().zip(&got) {
+        assert_eq!(lines, &vec![files[i].display().to_string()], "file {i}");
+        assert!(skipped.is_empty(), "file {i}: {skipped:?}");
+    }
+    let (odd, missing) = with_folder_reuse(|| {
+        read_one(&files[0]);
+        (
+            read_one(&a.join("sub.jsonl")),
+            read_one(&a.join("gone.jsonl")),
+        )
+    });
+    assert_eq!(odd, (vec![], vec![SkipReason::Unreadable]));
+    assert_eq!(missing, (vec![], vec![SkipReason::Unreadable]));
+    // The folder `a` is replaced by another one with other contents.
+    std::fs::rename(&a, dir.path().join("old")).unwrap();
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::write(&files[0], "new\n").unwrap();
+    std::fs::write(&files[1], "new too\n").unwrap();
+    let got = with_folder_reuse(|| (read_one(&files[0]), read_one(&files[1])));
+    assert_eq!(got.0 .0, vec!["new".to_string()]);
+    assert_eq!(got.1 .0, vec!["new too".to_string()]);
+}

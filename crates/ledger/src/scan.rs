@@ -27,6 +27,9 @@ const QUEUE_WEIGHT: usize = 96 * 1024;
 const FILE_WEIGHT: usize = 4;
 /// Cursors buffered before they are written (memory bound).
 const FILES_PER_FLUSH: usize = 4096;
+/// Files at least this big are read first, biggest first (about 4 ms of parsing each): the
+/// last files the readers take are then small, and they finish together.
+const BIG_FILE: u64 = 4 << 20;
 /// How often a long scan commits: a crash loses at most this much progress, never a token.
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -288,8 +291,11 @@ impl Ledger {
             return Ok(report);
         }
         let total_bytes: u64 = work.iter().map(Work::remaining).sum();
-        // Big files first, so that the parallel readers finish together.
-        work.sort_by_key(|w| std::cmp::Reverse(w.remaining()));
+        // Big files first, so that the parallel readers finish together; the rest stay in the
+        // order the walks found them, folder by folder, so that a reader opens each folder's
+        // files one after another (by name in the folder: see `lines::open_log`). The sort is
+        // stable.
+        work.sort_by_key(|w| std::cmp::Reverse(Some(w.remaining()).filter(|&r| r >= BIG_FILE)));
         progress.start(work.len() as u64, total_bytes);
 
         let queue = crate::queue::Queue::<Batch>::new(QUEUE_WEIGHT);
@@ -304,16 +310,18 @@ impl Ledger {
                 // (the biggest files come first, and a database can hold tens of thousands).
                 work.into_par_iter().chunks(16).for_each(|chunk| {
                     let mut batch = Batch::default();
-                    for w in chunk {
-                        let scan = collectors[w.collector].scan(&w.file, w.offset, &w.state);
-                        progress.advance(scan.bytes_read);
-                        batch.add(w, scan);
-                        if batch.events.len() >= BATCH_EVENTS {
-                            let full = std::mem::take(&mut batch);
-                            let weight = full.weight();
-                            queue.push(full, weight);
+                    tokenledger_collect::lines::with_folder_reuse(|| {
+                        for w in chunk {
+                            let scan = collectors[w.collector].scan(&w.file, w.offset, &w.state);
+                            progress.advance(scan.bytes_read);
+                            batch.add(w, scan);
+                            if batch.events.len() >= BATCH_EVENTS {
+                                let full = std::mem::take(&mut batch);
+                                let weight = full.weight();
+                                queue.push(full, weight);
+                            }
                         }
-                    }
+                    });
                     let weight = batch.weight();
                     queue.push(batch, weight);
                 });
@@ -712,6 +720,94 @@ fn write_all(
             Some(b) => break b,
         }
     };
+    let journal = FirstScanJournal::enter(conn)?;
+    let written = write_batches(conn, first, rx, report, listings);
+    match (written, journal.leave(conn)) {
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        (Ok(w), Ok(())) => Ok(w),
+    }
+}
+
+/// A first scan writes tens of megabytes into an empty ledger. Written through the write-ahead
+/// log, all of it stays in the log until the next scan that writes, and every run until then
+/// rebuilds the log's index when it opens the ledger (~11 ms of a 70 ms run over 1 GiB of
+/// logs), or a checkpoint copies it all once more (~45 ms, two fsyncs). So a first scan runs
+/// with a rollback journal instead: its pages are new, so there is next to nothing to journal,
+/// they go straight into the database file, and one fsync at commit makes them durable. A crash
+/// leaves a hot journal that the next open rolls back, as SQLite always does. The ledger is
+/// back in WAL mode when the scan ends (or at the next open, after a crash).
+struct FirstScanJournal {
+    active: bool,
+}
+
+impl FirstScanJournal {
+    /// Switches to a rollback journal when the ledger holds no scanned file yet and no other
+    /// connection has it open (leaving WAL mode needs that; otherwise the scan stays in WAL).
+    fn enter(conn: &Connection) -> Result<FirstScanJournal> {
+        let empty = conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM cursor_files) AND NOT EXISTS (SELECT 1 FROM entries)",
+            [],
+            |r| r.get::<_, bool>(0),
+        )?;
+        if !empty {
+            return Ok(FirstScanJournal { active: false });
+        }
+        // Mapped pages of the file count as the process's memory: the scan reads what it
+        // writes through the page cache instead, as it does from the write-ahead log.
+        conn.pragma_update(None, "mmap_size", 0)?;
+        // Never waits: with another connection open, the scan simply stays in WAL mode.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        let switched = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0));
+        conn.busy_timeout(crate::BUSY_TIMEOUT)?;
+        let mode: String = match switched {
+            Ok(mode) => mode,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                String::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let j = FirstScanJournal {
+            active: mode.eq_ignore_ascii_case("delete"),
+        };
+        if !j.active {
+            j.restore_mmap(conn)?;
+        }
+        Ok(j)
+    }
+
+    fn leave(self, conn: &Connection) -> Result<()> {
+        if !self.active {
+            return Ok(());
+        }
+        // Another process that opened the ledger meanwhile may hold it: then the next open
+        // (of any process: see `Ledger::open`) goes back to WAL, and this scan is done anyway.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        let back = conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()));
+        conn.busy_timeout(crate::BUSY_TIMEOUT)?;
+        match back {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
+            other => other?,
+        }
+        self.restore_mmap(conn)
+    }
+
+    fn restore_mmap(&self, conn: &Connection) -> Result<()> {
+        conn.pragma_update(None, "mmap_size", crate::MMAP_SIZE)?;
+        Ok(())
+    }
+}
+
+/// [`write_all`] once a batch has something to write.
+fn write_batches(
+    conn: &mut Connection,
+    first: Batch,
+    rx: impl Iterator<Item = Batch>,
+    report: &mut ScanReport,
+    listings: &mut ListingChanges,
+) -> Result<bool> {
     // What earlier writes left in the write-ahead log goes into the database file now, while
     // the readers parse (see `Ledger::open`); it skips what a reader still uses.
     checkpoint(conn)?;

@@ -506,14 +506,17 @@ fn nothing_new_does_not_wait_for_a_writer() {
     other.execute_batch("ROLLBACK").unwrap();
 }
 
-/// Runs that write leave their write-ahead log for the next writing scan to fold into the
-/// database file (no checkpoint on commit or close, where it would end every such run); what
-/// they wrote is read back by every later connection meanwhile, and repeated writing scans
-/// keep the log from growing with each one.
+/// A first scan writes the database file itself (a rollback journal while it runs: its pages
+/// are new) and leaves the ledger in WAL mode with an empty log, so that the runs after it do
+/// not rebuild a log index on open. Later runs that write leave their write-ahead log for the
+/// next writing scan to fold into the database file (no checkpoint on commit or close, where it
+/// would end every such run); what they wrote is read back by every later connection
+/// meanwhile, and repeated writing scans keep the log from growing with each one.
 #[test]
 fn write_ahead_log_is_folded_by_the_next_writing_scan() {
     let (dir, c, mut l) = setup();
     let wal = dir.path().join("home/ledger.db-wal");
+    let journal = dir.path().join("home/ledger.db-journal");
     let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     let f = dir.path().join("logs/a.log");
     let line = |i: usize| format!("{} k{i} {}\n", 100 + i, 1 + i % 7);
@@ -528,9 +531,38 @@ fn write_ahead_log_is_folded_by_the_next_writing_scan() {
         expected += 1 + ((1000 + j) % 7) as u64;
     }
     l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    let mode: String = l
+        .connection()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        mode, "wal",
+        "the first scan left the ledger out of WAL mode"
+    );
+    drop(l);
+    assert_eq!(wal_len(), 0, "the first scan left pages in the log");
+    assert!(
+        !journal.exists(),
+        "the first scan left its rollback journal"
+    );
+    let file_len = std::fs::metadata(dir.path().join("home/ledger.db"))
+        .unwrap()
+        .len();
+    assert!(
+        file_len > 64 * 1024,
+        "{file_len} bytes in the database file"
+    );
+    // The second scan is a big one too: its pages stay in the log when it ends.
+    let mut l = Ledger::open_in(&dir.path().join("home")).unwrap();
+    assert_eq!(total(&l), expected);
+    for j in 0..300 {
+        append(&dir.path().join(format!("logs/h{j}.log")), &line(2000 + j));
+        expected += 1 + ((2000 + j) % 7) as u64;
+    }
+    l.scan(&c, &Env::default(), &NoProgress).unwrap();
     drop(l);
     let after_first = wal_len();
-    assert!(after_first > 0, "the first scan's log was folded at close");
+    assert!(after_first > 0, "the second scan's log was folded at close");
     // A new connection reads what is only in the log.
     let mut l = Ledger::open_in(&dir.path().join("home")).unwrap();
     assert_eq!(total(&l), expected);
