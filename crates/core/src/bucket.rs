@@ -54,11 +54,18 @@ fn dominant_known(group: &[Bucket]) -> Option<usize> {
 pub fn reassign_unknown(buckets: impl IntoIterator<Item = Bucket>) -> Vec<Bucket> {
     let mut v: Vec<Bucket> = buckets.into_iter().collect();
     let group_order = |b: &Bucket| (b.key.source, b.key.hour_start);
-    v.sort_unstable_by(|a, b| {
+    let order = |a: &Bucket, b: &Bucket| {
         group_order(a)
             .cmp(&group_order(b))
             .then_with(|| a.key.model.cmp(&b.key.model))
-    });
+    };
+    // The ledger hands its rollup over in key order (half hour, source, model): sorted by
+    // source alone, stably (cheap: no names compared), it is then in this order, and the full
+    // sort, which compared model names all the way, is skipped.
+    v.sort_by_key(|b| b.key.source);
+    if !v.is_sorted_by(|a, b| order(a, b).is_le()) {
+        v.sort_unstable_by(order);
+    }
     // Same key: one bucket.
     v.dedup_by(|later, kept| {
         let same = later.key == kept.key;

@@ -215,7 +215,7 @@ impl Ledger {
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         push_filter(filter, &mut sql, &mut args);
-        sql.push_str(" ORDER BY hour_start");
+        sql.push_str(" ORDER BY hour_start, source, model");
         let mut stmt = self.conn.prepare(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
         let mut out = Vec::new();
