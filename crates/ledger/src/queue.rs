@@ -104,6 +104,13 @@ impl<T> Drop for SendersDone<'_, T> {
 
 pub(crate) struct Receiver<'q, T>(&'q Queue<T>);
 
+impl<T> Receiver<'_, T> {
+    /// Whether an item is waiting (else the receiver has caught up with the senders).
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.0.lock().items.is_empty()
+    }
+}
+
 impl<T> Iterator for Receiver<'_, T> {
     type Item = T;
 
@@ -161,6 +168,23 @@ mod tests {
             assert_eq!(order, (0..500).collect::<Vec<_>>());
         }
         assert!(peak.load(Ordering::Relaxed) <= 10);
+    }
+
+    #[test]
+    fn the_receiver_tells_whether_an_item_is_waiting() {
+        let q = Queue::new(10);
+        let mut rx = q.receiver();
+        assert!(!rx.has_waiting());
+        assert!(q.push(1, 1));
+        assert!(q.push(2, 1));
+        assert!(rx.has_waiting());
+        assert_eq!(rx.next(), Some(1));
+        assert!(rx.has_waiting());
+        assert_eq!(rx.next(), Some(2));
+        assert!(!rx.has_waiting());
+        drop(q.senders());
+        assert!(!rx.has_waiting());
+        assert_eq!(rx.next(), None);
     }
 
     #[test]

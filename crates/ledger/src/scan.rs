@@ -30,6 +30,11 @@ const FILES_PER_FLUSH: usize = 4096;
 /// Files at least this big are read first, biggest first (about 4 ms of parsing each): the
 /// last files the readers take are then small, and they finish together.
 const BIG_FILE: u64 = 4 << 20;
+/// A writer with nothing waiting flushes once it holds this many events or files (see
+/// `write_batches`): a first scan of all five agents then ended with ~60 ms of writing alone
+/// instead of ~135 ms (1.23 s -> 1.20 s).
+const IDLE_FLUSH_EVENTS: usize = 8192;
+const IDLE_FLUSH_FILES: usize = 1024;
 /// How often a long scan commits: a crash loses at most this much progress, never a token.
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -705,7 +710,7 @@ struct Writer {
 /// lock taken, when no batch had anything; the listings are then left to the caller).
 fn write_all(
     conn: &mut Connection,
-    mut rx: impl Iterator<Item = Batch>,
+    mut rx: crate::queue::Receiver<'_, Batch>,
     report: &mut ScanReport,
     listings: &mut ListingChanges,
 ) -> Result<bool> {
@@ -804,7 +809,7 @@ impl FirstScanJournal {
 fn write_batches(
     conn: &mut Connection,
     first: Batch,
-    rx: impl Iterator<Item = Batch>,
+    mut rx: crate::queue::Receiver<'_, Batch>,
     report: &mut ScanReport,
     listings: &mut ListingChanges,
 ) -> Result<bool> {
@@ -841,7 +846,8 @@ fn write_batches(
     let mut busy = std::time::Duration::ZERO;
     let mut events = 0usize;
     let mut last_commit = std::time::Instant::now();
-    for mut batch in std::iter::once(first).chain(rx) {
+    let mut next = Some(first);
+    while let Some(mut batch) = next.take().or_else(|| rx.next()) {
         let t = std::time::Instant::now();
         report.files_read += batch.files.len() as u64;
         report.bytes_read += batch.bytes_read;
@@ -849,7 +855,14 @@ fn write_batches(
         events += batch.events.len();
         buffer(&tx, &mut w, batch)?;
         w.phases[0] += t.elapsed();
-        if w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_FLUSH {
+        let full = w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_FLUSH;
+        // Caught up with the readers: flush what is there now rather than wait for a full
+        // flush's worth, so that less is left to write alone when the last file is read.
+        let idle = || {
+            (w.pending.len() >= IDLE_FLUSH_EVENTS || w.files.len() >= IDLE_FLUSH_FILES)
+                && !rx.has_waiting()
+        };
+        if full || idle() {
             flush(&tx, &mut w, report)?;
             if last_commit.elapsed() >= COMMIT_EVERY {
                 hours_from_agg(&tx, &mut w)?;
