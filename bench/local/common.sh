@@ -5,16 +5,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenledger-target}"
 mkdir -p "$OUT" "$CACHE"
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if [ ! -x /usr/bin/time ]; then
-  echo "installing GNU time" >&2
-  (apt-get install -y time || (apt-get update && apt-get install -y time)) >/dev/null
-fi
 need strace || { (apt-get install -y strace || (apt-get update && apt-get install -y strace)) >/dev/null; }
 
 echo "== building (release)" >&2
 (cd "$ROOT" && cargo build --release -q -p tokenledger -p tokenledger-testkit)
 TL="$CARGO_TARGET_DIR/release/tokenledger"
 GEN="$CARGO_TARGET_DIR/release/tokenledger-corpus"
+MEASURE="$CARGO_TARGET_DIR/release/tokenledger-measure"
 
 CCJS="${TOKENLEDGER_CCUSAGE:-$HOME/.cache/tokenledger-ccusage/node_modules/ccusage/src/cli.js}"
 if [ ! -f "$CCJS" ]; then
@@ -27,20 +24,18 @@ case "$CCJS" in *.js) CC=(node "$CCJS") ;; *) CC=("$CCJS") ;; esac
 # a shared machine falls on all of them alike; the summary takes medians.
 RUNS="${BENCH_RUNS:-3}"
 
-# measure NAME CMD... -> appends "NAME wall_seconds max_rss_kb" to $OUT/measure.txt. Wall time
-# is taken with nanosecond clocks around the run (GNU time prints hundredths, too coarse for a
-# 0.1 s run); peak RSS comes from GNU time.
+# measure NAME CMD... -> appends "NAME wall_seconds max_rss_kb" to $OUT/measure.txt. The
+# wall time and peak RSS come from tokenledger-measure (crates/testkit), which spawns the
+# command, reaps it and reads the clock and the kernel's ru_maxrss around nothing else: timing
+# `/usr/bin/time` between two `date` calls counted three more process starts (~3-5 ms) in every
+# run, a tenth of a 60 ms one.
 measure() {
   local name="$1"; shift
   local log="$OUT/time-$name.txt"
-  local start end
-  start=$(date +%s%N)
-  /usr/bin/time -v -o "$log" "$@" >"$OUT/stdout-$name.txt" 2>"$OUT/stderr-$name.txt" || {
+  "$MEASURE" --out "$log" -- "$@" >"$OUT/stdout-$name.txt" 2>"$OUT/stderr-$name.txt" || {
     echo "$name failed; see $OUT/stderr-$name.txt" >&2; cat "$OUT/stderr-$name.txt" >&2; exit 1; }
-  end=$(date +%s%N)
-  local wall rss
-  wall=$(echo "($end - $start) / 1000000000" | bc -l)
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+  local wall rss code
+  read -r wall rss code < "$log"
   echo "$name $wall $rss" >> "$OUT/measure.txt"
   printf '%-22s %8.3f s %10.1f MiB\n' "$name" "$wall" "$(echo "$rss/1024" | bc -l)" >&2
 }

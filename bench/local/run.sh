@@ -5,8 +5,8 @@
 #   bench/local/run.sh                 # 1 GiB, 42,000 files
 #   BENCH_BYTES=200MiB BENCH_FILES=8000 bench/local/run.sh   # a quicker look
 #
-# Measures wall time and peak RSS with /usr/bin/time -v, and the log bytes the warm run reads
-# with strace (read/pread on files under the corpus). Prints ratios against the goals:
+# Measures wall time and peak RSS with tokenledger-measure (see common.sh), and the log bytes
+# the warm run reads with strace (read/pread on files under the corpus). Prints ratios against the goals:
 # cold >= 3x faster than ccusage, warm >= 50x faster reading no log bytes, peak memory <= 1/4.
 set -euo pipefail
 
