@@ -263,11 +263,7 @@ impl Ledger {
 
     /// Whether no log file has been scanned into the ledger yet (a first scan is coming).
     pub fn is_new(&self) -> Result<bool> {
-        Ok(!self
-            .conn
-            .query_row("SELECT EXISTS (SELECT 1 FROM cursor_files)", [], |r| {
-                r.get::<_, bool>(0)
-            })?)
+        Ok(scan::holds_no_scan(&self.conn)?)
     }
 
     /// Every file cursor, for `status`.

@@ -748,33 +748,19 @@ struct FirstScanJournal {
 impl FirstScanJournal {
     /// Switches to a rollback journal when the ledger holds no scanned file yet and no other
     /// connection has it open (leaving WAL mode needs that; otherwise the scan stays in WAL).
-    fn enter(conn: &Connection) -> Result<FirstScanJournal> {
-        let empty = conn.query_row(
-            "SELECT NOT EXISTS (SELECT 1 FROM cursor_files) AND NOT EXISTS (SELECT 1 FROM entries)",
-            [],
-            |r| r.get::<_, bool>(0),
-        )?;
-        if !empty {
+    fn enter(conn: &mut Connection) -> Result<FirstScanJournal> {
+        if !holds_no_scan(conn)? {
             return Ok(FirstScanJournal { active: false });
         }
         // Mapped pages of the file count as the process's memory: the scan reads what it
         // writes through the page cache instead, as it does from the write-ahead log.
         conn.pragma_update(None, "mmap_size", 0)?;
         // Never waits: with another connection open, the scan simply stays in WAL mode.
-        conn.busy_timeout(std::time::Duration::ZERO)?;
-        let switched = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0));
-        conn.busy_timeout(crate::BUSY_TIMEOUT)?;
-        let mode: String = match switched {
-            Ok(mode) => mode,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                String::new()
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let mode = unless_busy(conn, |conn| {
+            conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0))
+        })?;
         let j = FirstScanJournal {
-            active: mode.eq_ignore_ascii_case("delete"),
+            active: mode.is_some_and(|m| m.eq_ignore_ascii_case("delete")),
         };
         if !j.active {
             j.restore_mmap(conn)?;
@@ -782,20 +768,15 @@ impl FirstScanJournal {
         Ok(j)
     }
 
-    fn leave(self, conn: &Connection) -> Result<()> {
+    fn leave(self, conn: &mut Connection) -> Result<()> {
         if !self.active {
             return Ok(());
         }
         // Another process that opened the ledger meanwhile may hold it: then the next open
         // (of any process: see `Ledger::open`) goes back to WAL, and this scan is done anyway.
-        conn.busy_timeout(std::time::Duration::ZERO)?;
-        let back = conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()));
-        conn.busy_timeout(crate::BUSY_TIMEOUT)?;
-        match back {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
-            other => other?,
-        }
+        unless_busy(conn, |conn| {
+            conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        })?;
         self.restore_mmap(conn)
     }
 
@@ -961,22 +942,39 @@ fn store_listings_unless_busy(conn: &mut Connection, changes: &ListingChanges) -
     if changes.is_empty() {
         return Ok(());
     }
+    unless_busy(conn, |conn| {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        store_listings(&tx, changes)?;
+        tx.commit()
+    })?;
+    Ok(())
+}
+
+/// Runs `f` without waiting for another connection's lock: `None` when the ledger was busy.
+fn unless_busy<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+) -> Result<Option<T>> {
     conn.busy_timeout(std::time::Duration::ZERO)?;
-    let stored = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .and_then(|tx| {
-            store_listings(&tx, changes)?;
-            tx.commit()
-        });
+    let done = f(conn);
     conn.busy_timeout(crate::BUSY_TIMEOUT)?;
-    match stored {
+    match done {
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::DatabaseBusy =>
         {
-            Ok(())
+            Ok(None)
         }
-        other => Ok(other?),
+        other => Ok(Some(other?)),
     }
+}
+
+/// Whether the ledger holds no scanned file and no entry yet: what a first scan starts from.
+pub(crate) fn holds_no_scan(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM cursor_files) AND NOT EXISTS (SELECT 1 FROM entries)",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Copies the committed write-ahead log into the database file as far as readers allow
