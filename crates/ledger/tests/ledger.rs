@@ -595,3 +595,30 @@ fn write_ahead_log_is_folded_by_the_next_writing_scan() {
     // Only the last scan's pages were still to fold.
     assert!(log < 40, "{log} log pages were never folded ({folded} now)");
 }
+
+/// A first scan that finds another connection reading the new ledger does not wait for it to
+/// leave WAL mode: it writes through the write-ahead log as any later scan does, and counts the
+/// same.
+#[test]
+fn a_first_scan_beside_another_reader_stays_in_wal_and_counts_the_same() {
+    let (dir, c, mut l) = setup();
+    append(&dir.path().join("logs/a.log"), "100 k1 10\n200 k2 20\n");
+    let other = rusqlite::Connection::open(dir.path().join("home/ledger.db")).unwrap();
+    other
+        .execute_batch("BEGIN; SELECT count(*) FROM cursors;")
+        .unwrap();
+    // Waiting would end in "database is locked" after the busy timeout: the scan would fail.
+    l.scan(&c, &Env::default(), &NoProgress).unwrap();
+    let mode: String = l
+        .connection()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert!(!dir.path().join("home/ledger.db-journal").exists());
+    assert_eq!(total(&l), 30);
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    drop(l);
+    let l = Ledger::open_in(&dir.path().join("home")).unwrap();
+    assert_eq!(total(&l), 30);
+}
