@@ -745,10 +745,18 @@ fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
             .collect::<rusqlite::Result<HashSet<String>>>()?;
         names
     };
-    let check = change_check(&tx, &tables)?;
-    if !prev.check.is_empty() && prev.check == check {
-        return Ok(None);
-    }
+    // A database read before is first asked whether its usage tables changed. One never read
+    // has nothing to compare with: its check is gathered while its tables are read anyway (the
+    // check alone reads every row of `part`, most of the database).
+    let asked = if prev.check.is_empty() {
+        None
+    } else {
+        let check = change_check(&tx, &tables, &Tallies::default())?;
+        if check == prev.check {
+            return Ok(None);
+        }
+        Some(check)
+    };
     let mut reader = DbReader {
         path,
         conn: &tx,
@@ -756,6 +764,7 @@ fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
         events: Vec::new(),
         skipped: Vec::new(),
         read: 0,
+        tallies: Tallies::default(),
     };
     // A 2.x schema this reader does not know must not hide the v1 rows.
     let v2_sessions = match reader.read_v2() {
@@ -766,6 +775,10 @@ fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
         }
     };
     reader.read_v1(&v2_sessions)?;
+    let check = match asked {
+        Some(check) => check,
+        None => change_check(&tx, &tables, &reader.tallies)?,
+    };
     let DbReader {
         events,
         mut skipped,
@@ -776,8 +789,13 @@ fn read_db(path: &Path, prev: &DbState) -> rusqlite::Result<Option<DbRead>> {
     Ok(Some((events, skipped, check, read)))
 }
 
-/// Row counts and the latest `time_updated` of the tables that hold usage.
-fn change_check(conn: &Connection, tables: &HashSet<String>) -> rusqlite::Result<String> {
+/// Row counts and the latest `time_updated` of the tables that hold usage; a table in
+/// `tallies` is not asked again.
+fn change_check(
+    conn: &Connection,
+    tables: &HashSet<String>,
+    tallies: &Tallies,
+) -> rusqlite::Result<String> {
     let mut parts = Vec::new();
     for t in [
         "message",
@@ -787,6 +805,15 @@ fn change_check(conn: &Connection, tables: &HashSet<String>) -> rusqlite::Result
         "session_v2",
     ] {
         if !tables.contains(t) {
+            continue;
+        }
+        let tallied = match t {
+            "message" => tallies.message.as_ref(),
+            "part" => tallies.part.as_ref(),
+            _ => None,
+        };
+        if let Some(tally) = tallied {
+            parts.push(format!("{t}:{}:{}", tally.rows, tally.latest()));
             continue;
         }
         let q = format!("SELECT count(*), max(time_updated) FROM \"{t}\"");
@@ -810,6 +837,49 @@ fn change_check(conn: &Connection, tables: &HashSet<String>) -> rusqlite::Result
     Ok(parts.join(","))
 }
 
+/// What `SELECT count(*), max(time_updated)` returns for a table (as [`change_check`] words it),
+/// counted row by row by a read that goes through the whole table anyway.
+#[derive(Default)]
+struct Tally {
+    rows: i64,
+    int: Option<i64>,
+    real: Option<f64>,
+    /// A text or blob value, which SQL's `max` ranks above every number.
+    other: bool,
+}
+
+impl Tally {
+    fn add(&mut self, v: ValueRef<'_>) {
+        self.rows += 1;
+        match v {
+            ValueRef::Integer(i) => self.int = Some(self.int.map_or(i, |m| m.max(i))),
+            ValueRef::Real(f) => self.real = Some(self.real.map_or(f, |m| m.max(f))),
+            ValueRef::Text(_) | ValueRef::Blob(_) => self.other = true,
+            ValueRef::Null => {}
+        }
+    }
+
+    /// The latest `time_updated` as the check writes it (0 when it is not a number).
+    fn latest(&self) -> i64 {
+        if self.other {
+            return 0;
+        }
+        match (self.int, self.real) {
+            (Some(i), Some(f)) if f > i as f64 => f as i64,
+            (Some(i), _) => i,
+            (None, Some(f)) => f as i64,
+            (None, None) => 0,
+        }
+    }
+}
+
+/// The tables whose check was counted while reading them.
+#[derive(Default)]
+struct Tallies {
+    message: Option<Tally>,
+    part: Option<Tally>,
+}
+
 struct DbReader<'a> {
     path: &'a Path,
     conn: &'a Connection,
@@ -817,9 +887,10 @@ struct DbReader<'a> {
     events: Vec<UsageEvent>,
     skipped: Vec<Skipped>,
     read: u64,
+    tallies: Tallies,
 }
 
-impl DbReader<'_> {
+impl<'a> DbReader<'a> {
     /// Adds an event, growing the list by a quarter at a time rather than doubling it: a
     /// database holds tens of thousands of events, and a doubled list is mostly empty.
     fn push_event(&mut self, e: UsageEvent) {
@@ -836,6 +907,19 @@ impl DbReader<'_> {
             line: row,
             reason,
         });
+    }
+
+    /// `with_time` when the table has a `time_updated` column (with a [`Tally`] to count it in),
+    /// else `without`.
+    fn prepare_tallied(
+        &self,
+        with_time: &str,
+        without: &str,
+    ) -> rusqlite::Result<(rusqlite::Statement<'a>, Option<Tally>)> {
+        match self.conn.prepare(with_time) {
+            Ok(st) => Ok((st, Some(Tally::default()))),
+            Err(_) => Ok((self.conn.prepare(without)?, None)),
+        }
     }
 
     /// `id -> directory` of a session table (empty when it has no such columns).
@@ -875,13 +959,17 @@ impl DbReader<'_> {
             // costs several times more; `n` numbers the rows that `instr(data, 'step-finish')
             // > 0` would have returned, as before.
             let finder = memchr::memmem::Finder::new(b"step-finish");
-            let mut st = self
-                .conn
-                .prepare("SELECT message_id, data FROM part ORDER BY rowid")?;
+            let (mut st, mut tally) = self.prepare_tallied(
+                "SELECT message_id, data, time_updated FROM part ORDER BY rowid",
+                "SELECT message_id, data FROM part ORDER BY rowid",
+            )?;
             let mut rows = st.query([])?;
             let mut n = 0u64;
             let mut bad = Vec::new();
             while let Some(r) = rows.next()? {
+                if let Some(t) = tally.as_mut() {
+                    t.add(r.get_ref(2)?);
+                }
                 let Some(data) = bytes_of(r.get_ref(1)?) else {
                     continue;
                 };
@@ -908,15 +996,21 @@ impl DbReader<'_> {
             for (n, reason) in bad {
                 self.skip(n, reason);
             }
+            drop(rows);
+            self.tallies.part = tally;
         }
         let dirs = self.directories("session");
-        let mut st = self
-            .conn
-            .prepare("SELECT id, session_id, time_created, data FROM message ORDER BY rowid")?;
+        let (mut st, mut tally) = self.prepare_tallied(
+            "SELECT id, session_id, time_created, data, time_updated FROM message ORDER BY rowid",
+            "SELECT id, session_id, time_created, data FROM message ORDER BY rowid",
+        )?;
         let mut rows = st.query([])?;
         let mut n = 0u64;
         while let Some(r) = rows.next()? {
             n += 1;
+            if let Some(t) = tally.as_mut() {
+                t.add(r.get_ref(4)?);
+            }
             let Some(data) = bytes_of(r.get_ref(3)?) else {
                 continue;
             };
@@ -964,6 +1058,8 @@ impl DbReader<'_> {
                 None => self.skip(n, SkipReason::BadFields),
             }
         }
+        drop(rows);
+        self.tallies.message = tally;
         Ok(())
     }
 

@@ -636,3 +636,66 @@ proptest::proptest! {
         proptest::prop_assert_eq!(c.total_tokens, i + o + r + cr + cw);
     }
 }
+
+/// A database's first read gathers its change check while reading (one pass over `part`
+/// instead of two); a later scan asks SQL for it. The two must agree, or every run after a
+/// harmless write (new mtime, same usage) would read the whole database again.
+#[test]
+fn a_first_reads_change_check_is_the_one_asked_later() {
+    let cases: [(&str, &str); 5] = [
+        ("integers", ""),
+        (
+            "a real latest",
+            "UPDATE part SET time_updated = 7.9 WHERE id = 'prt_3';",
+        ),
+        (
+            "a real below the integers",
+            "UPDATE part SET time_updated = 0.5 WHERE id = 'prt_3';
+             UPDATE part SET time_updated = 3 WHERE id = 'prt_1';",
+        ),
+        (
+            "text and null",
+            "UPDATE message SET time_updated = 'later' WHERE id = 'msg_bad';
+             UPDATE message SET time_updated = NULL WHERE id = 'msg_u1';",
+        ),
+        (
+            "no time_updated column in part",
+            "CREATE TABLE part2 (id TEXT PRIMARY KEY, message_id TEXT, session_id TEXT,
+                                 time_created INTEGER, data TEXT);
+             INSERT INTO part2 SELECT id, message_id, session_id, time_created, data FROM part;
+             DROP TABLE part; ALTER TABLE part2 RENAME TO part;",
+        ),
+    ];
+    for (name, sql) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let db = v1_db(dir.path(), "opencode.db");
+        Connection::open(&db).unwrap().execute_batch(sql).unwrap();
+        let first = scan(&db, "");
+        assert_eq!(first.events.len(), 3, "{name}");
+        // A write that changes no usage: the stamps differ, so the check is asked.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        fs::File::options()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let second = scan(&db, &first.state);
+        assert!(second.events.is_empty(), "{name}: read again");
+        assert_eq!(second.bytes_read, 0, "{name}: read again");
+        assert_ne!(second.state, first.state, "{name}: new stamps kept");
+        // And a real change is still seen.
+        message(
+            &Connection::open(&db).unwrap(),
+            "msg_a9",
+            "ses_main",
+            &assistant(
+                T0 + 30_000,
+                r#"{"input":5,"output":1,"reasoning":0,"cache":{"read":0,"write":0}}"#,
+                "",
+            ),
+        );
+        let third = scan(&db, &second.state);
+        assert_eq!(third.events.len(), 4, "{name}");
+    }
+}
