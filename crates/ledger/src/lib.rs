@@ -268,21 +268,28 @@ impl Ledger {
 
     /// Every file cursor, for `status`.
     pub fn files(&self) -> Result<Vec<FileCursor>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT p.path, p.source, c.stat, c.last_scan
-             FROM cursors c JOIN cursor_files p ON p.key = c.key ORDER BY p.source, p.path",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let stat = scan::Cursor::unpack(r.get_ref(2)?.as_bytes()?);
-            Ok(FileCursor {
-                path: r.get(0)?,
-                source: r.get(1)?,
-                size: stat.as_ref().map_or(0, |c| c.size),
-                offset: stat.as_ref().map_or(0, |c| c.offset),
-                last_scan: r.get(3)?,
-            })
+        let mut cursors = std::collections::HashMap::new();
+        scan::CursorBuckets::each(&self.conn, |c| {
+            cursors.insert(c.key, (c.cursor, c.last_scan));
         })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, path, source FROM cursor_files ORDER BY source, path")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, path, source) = row?;
+            if let Some((c, last_scan)) = cursors.get(&key) {
+                out.push(FileCursor {
+                    path,
+                    source,
+                    size: c.size,
+                    offset: c.offset,
+                    last_scan: *last_scan,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Whether the stored aggregates equal a recomputation from the entries (they are kept up

@@ -505,19 +505,116 @@ impl Cursors {
     }
 }
 
-/// Every cursor, read in key order (the table's order).
+/// Every cursor, in key order.
 fn load_cursors(conn: &Connection) -> Result<Cursors> {
-    let mut stmt = conn.prepare("SELECT key, stat FROM cursors ORDER BY key")?;
-    let mut rows = stmt.query([])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let key = r.get_ref(0)?.as_i64().map_err(rusqlite::Error::from)?;
-        let stat = r.get_ref(1)?.as_bytes().map_err(rusqlite::Error::from)?;
-        if let Some(cursor) = Cursor::unpack(stat) {
-            out.push((key, cursor));
-        }
+    CursorBuckets::each(conn, |c| out.push((c.key, c.cursor)))?;
+    if !out.is_sorted_by(|a, b| a.0 < b.0) {
+        // Only a damaged ledger gets here: its files are read again, and count once.
+        out.sort_by_key(|c| c.0);
+        out.dedup_by_key(|c| c.0);
     }
     Ok(Cursors::new(out))
+}
+
+/// A cursor as stored: its file's key, the cursor, and when the file was last read.
+pub(crate) struct StoredCursor {
+    pub key: i64,
+    pub cursor: Cursor,
+    pub last_scan: i64,
+}
+
+/// The cursors, packed into one row per range of keys (`cursor_buckets`): the top
+/// [`CursorBuckets::BITS`] bits of a key (sign flipped, so that ranges follow key order) name
+/// its range, and a range's row holds its cursors sorted by key, [`CursorBuckets::ENTRY`]
+/// bytes each (key, packed cursor, last scan; little-endian).
+pub(crate) struct CursorBuckets;
+
+impl CursorBuckets {
+    const BITS: u32 = 12;
+    const ENTRY: usize = 8 + PACKED_LEN + 8;
+
+    fn bucket(key: i64) -> i64 {
+        ((key as u64 ^ (1 << 63)) >> (64 - Self::BITS)) as i64
+    }
+
+    fn encode(c: &StoredCursor, out: &mut Vec<u8>) {
+        out.extend_from_slice(&c.key.to_le_bytes());
+        out.extend_from_slice(&c.cursor.pack());
+        out.extend_from_slice(&c.last_scan.to_le_bytes());
+    }
+
+    /// The cursors of one row (an entry that is not one is left out: its file is read again).
+    fn decode(blob: &[u8]) -> impl Iterator<Item = StoredCursor> + '_ {
+        blob.chunks_exact(Self::ENTRY).filter_map(|e| {
+            let int = |r: std::ops::Range<usize>| {
+                e.get(r)
+                    .and_then(|b| b.try_into().ok())
+                    .map(i64::from_le_bytes)
+            };
+            Some(StoredCursor {
+                key: int(0..8)?,
+                cursor: Cursor::unpack(&e[8..8 + PACKED_LEN])?,
+                last_scan: int(8 + PACKED_LEN..Self::ENTRY)?,
+            })
+        })
+    }
+
+    /// Calls `f` with every stored cursor, in key order.
+    pub(crate) fn each(conn: &Connection, mut f: impl FnMut(StoredCursor)) -> Result<()> {
+        let mut stmt = conn.prepare("SELECT cursors FROM cursor_buckets ORDER BY bucket")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let blob = r.get_ref(0)?.as_bytes().map_err(rusqlite::Error::from)?;
+            Self::decode(blob).for_each(&mut f);
+        }
+        Ok(())
+    }
+
+    /// Stores `cursors` (new ones, or new states of stored ones, which they replace), in the
+    /// caller's transaction: each range they fall in is read, merged and written once.
+    pub(crate) fn write(tx: &Connection, mut cursors: Vec<StoredCursor>) -> Result<()> {
+        // The last of one key wins (a stable sort keeps the order they came in).
+        cursors.sort_by_key(|c| c.key);
+        let mut read = tx.prepare_cached("SELECT cursors FROM cursor_buckets WHERE bucket = ?1")?;
+        let mut put = tx.prepare_cached(
+            "INSERT OR REPLACE INTO cursor_buckets (bucket, cursors) VALUES (?1, ?2)",
+        )?;
+        let mut blob = Vec::new();
+        let mut rest = &cursors[..];
+        while let Some(first) = rest.first() {
+            let bucket = Self::bucket(first.key);
+            let n = rest.partition_point(|c| Self::bucket(c.key) == bucket);
+            let (new, more) = rest.split_at(n);
+            rest = more;
+            let old: Option<Vec<u8>> = read.query_row([bucket], |r| r.get(0)).optional()?;
+            let old: Vec<StoredCursor> = old.as_deref().map_or_else(Vec::new, |b| {
+                Self::decode(b)
+                    .filter(|c| Self::bucket(c.key) == bucket)
+                    .collect()
+            });
+            blob.clear();
+            let (mut i, mut j) = (0, 0);
+            while i < old.len() || j < new.len() {
+                // Merge by key; of equal keys the new one, and of repeated new keys the last.
+                if j == new.len() || (i < old.len() && old[i].key < new[j].key) {
+                    Self::encode(&old[i], &mut blob);
+                    i += 1;
+                    continue;
+                }
+                while j + 1 < new.len() && new[j + 1].key == new[j].key {
+                    j += 1;
+                }
+                while i < old.len() && old[i].key <= new[j].key {
+                    i += 1;
+                }
+                Self::encode(&new[j], &mut blob);
+                j += 1;
+            }
+            put.execute(params![bucket, &blob[..]])?;
+        }
+        Ok(())
+    }
 }
 
 type KeySet = HashSet<i64, KeyBuild>;
@@ -688,6 +785,8 @@ struct Writer {
     /// Events waiting for the next flush: `model` a [`Names`] id, `dim` a dims row id.
     pending: Vec<Pending>,
     files: Vec<FileDone>,
+    /// Cursors of written files, not yet in their ranges (see [`write_cursor_buckets`]).
+    cursors: Vec<StoredCursor>,
     /// The ledger held no entries when the scan began: no replayed copy predates this scan.
     cold: bool,
     /// `agg_hour` is left alone until the transaction commits, then made from `agg` in one
@@ -812,6 +911,7 @@ fn write_batches(
         names: Names::default(),
         pending: Vec::new(),
         files: Vec::new(),
+        cursors: Vec::new(),
         cold,
         hours_deferred: cold,
         replay_groups: KeySet::default(),
@@ -846,6 +946,7 @@ fn write_batches(
         if full || idle() {
             flush(&tx, &mut w, report)?;
             if last_commit.elapsed() >= COMMIT_EVERY {
+                write_cursor_buckets(&tx, &mut w)?;
                 hours_from_agg(&tx, &mut w)?;
                 tx.commit()?;
                 // A long scan keeps the log from growing with everything it writes.
@@ -863,6 +964,7 @@ fn write_batches(
     }
     let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
+    write_cursor_buckets(&tx, &mut w)?;
     hours_from_agg(&tx, &mut w)?;
     let t_flush = t.elapsed();
     tx.commit()?;
@@ -1365,44 +1467,57 @@ impl<'t> AggWriter<'t> {
     }
 }
 
-/// Writes the cursors of the buffered files, in key order. Update-else-insert rather than an
-/// upsert statement (see the entries above); new files try the insert first.
+/// Writes the paths and parser states of the buffered files, and buffers their cursors for
+/// [`write_cursor_buckets`] (which runs before every commit).
 fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
-    let mut update =
-        tx.prepare_cached("UPDATE cursors SET stat = ?2, last_scan = ?3 WHERE key = ?1")?;
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO cursors (key, stat, last_scan) VALUES (?1, ?2, ?3)",
-    )?;
     // A new file's path and state (a replaced row: nothing else deletes one).
     let mut name = tx.prepare_cached(
         "INSERT OR REPLACE INTO cursor_files (key, source, path, state) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut set_state =
         tx.prepare_cached("UPDATE cursor_files SET state = ?2 WHERE key = ?1 AND state <> ?2")?;
+    // A known file whose row is gone since the scan began (nothing deletes one, but a row
+    // must never be missing): written again unless it is there.
+    let mut name_again = tx.prepare_cached(
+        "INSERT OR IGNORE INTO cursor_files (key, source, path, state) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     w.files.sort_unstable_by_key(|f| f.key);
     for f in w.files.drain(..) {
-        let stat = Cursor {
-            dev: f.stat.dev,
-            inode: f.stat.inode,
-            size: f.stat.size,
-            mtime_ns: f.stat.mtime_ns,
-            offset: f.offset,
-            head_len: f.head_len,
-            head_hash: f.head_hash,
+        let values = params![f.key, f.source.as_str(), f.path, f.state];
+        if !f.known {
+            name.execute(values)?;
+        } else if set_state.execute(params![f.key, f.state])? == 0 {
+            name_again.execute(values)?;
         }
-        .pack();
-        let values = params![f.key, &stat[..], w.now];
-        let inserted = !f.known && insert.execute(values)? > 0;
-        if inserted {
-            name.execute(params![f.key, f.source.as_str(), f.path, f.state])?;
-        } else if update.execute(values)? == 0 {
-            // Known when the scan began, but gone since (nothing else deletes cursors).
-            insert.execute(values)?;
-            name.execute(params![f.key, f.source.as_str(), f.path, f.state])?;
-        } else {
-            set_state.execute(params![f.key, f.state])?;
-        }
+        w.cursors.push(StoredCursor {
+            key: f.key,
+            cursor: Cursor {
+                dev: f.stat.dev,
+                inode: f.stat.inode,
+                size: f.stat.size,
+                mtime_ns: f.stat.mtime_ns,
+                offset: f.offset,
+                head_len: f.head_len,
+                head_hash: f.head_hash,
+            },
+            last_scan: w.now,
+        });
     }
+    if w.cursors.len() >= CURSORS_BUFFERED {
+        write_cursor_buckets(tx, w)?;
+    }
+    Ok(())
+}
+
+/// Cursors buffered before their ranges are written (memory bound: ~80 bytes each). A first
+/// scan of ~47,000 files writes each range once, at its commit.
+const CURSORS_BUFFERED: usize = 1 << 16;
+
+/// Writes the buffered cursors into their ranges (see [`CursorBuckets`]).
+fn write_cursor_buckets(tx: &Transaction, w: &mut Writer) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    CursorBuckets::write(tx, std::mem::take(&mut w.cursors))?;
+    w.phases[2] += t0.elapsed();
     Ok(())
 }
 
@@ -1482,6 +1597,50 @@ mod tests {
                 let expected = keys.binary_search(p).is_ok();
                 prop_assert_eq!(index.get(*p).is_some(), expected);
             }
+        }
+
+        /// Cursors written in rounds (new keys, and new states of keys written before, some
+        /// repeated within a round) read back as exactly the last state of every key, in key
+        /// order, whatever ranges the keys fall in.
+        #[test]
+        fn cursor_ranges_keep_the_last_state_of_every_key(
+            rounds in prop::collection::vec(
+                prop::collection::vec(
+                    (prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX), -40i64..40],
+                     any::<u64>()),
+                    0..150,
+                ),
+                1..5,
+            ),
+        ) {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(
+                "CREATE TABLE cursor_buckets (bucket INTEGER PRIMARY KEY, cursors BLOB NOT NULL);",
+            )
+            .unwrap();
+            let mut expected = BTreeMap::new();
+            for (n, round) in rounds.iter().enumerate() {
+                let cursors = round
+                    .iter()
+                    .map(|&(key, size)| {
+                        let mut c = cursor(key);
+                        c.size = size;
+                        StoredCursor { key, cursor: c, last_scan: n as i64 }
+                    })
+                    .collect();
+                for &(key, size) in round {
+                    expected.insert(key, (size, n as i64));
+                }
+                CursorBuckets::write(&conn, cursors).unwrap();
+            }
+            let mut got = Vec::new();
+            CursorBuckets::each(&conn, |c| {
+                got.push((c.key, (c.cursor.size, c.last_scan), c.cursor.inode));
+            })
+            .unwrap();
+            let expected: Vec<_> =
+                expected.into_iter().map(|(k, v)| (k, v, k as u64)).collect();
+            prop_assert_eq!(got, expected);
         }
 
         /// A packed cursor unpacks to itself (every figure, both signs of the mtime); bytes of

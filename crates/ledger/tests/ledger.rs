@@ -605,7 +605,7 @@ fn a_first_scan_beside_another_reader_stays_in_wal_and_counts_the_same() {
     append(&dir.path().join("logs/a.log"), "100 k1 10\n200 k2 20\n");
     let other = rusqlite::Connection::open(dir.path().join("home/ledger.db")).unwrap();
     other
-        .execute_batch("BEGIN; SELECT count(*) FROM cursors;")
+        .execute_batch("BEGIN; SELECT count(*) FROM cursor_buckets;")
         .unwrap();
     // Waiting would end in "database is locked" after the busy timeout: the scan would fail.
     l.scan(&c, &Env::default(), &NoProgress).unwrap();
