@@ -504,3 +504,67 @@ fn bad_input_is_skipped_counted_and_never_fatal() {
         "stderr should name invalid UTF-8:\n{stderr}"
     );
 }
+
+/// `status --json` lists every scanned log once, in (source, path) order, with the size the scan
+/// saw and how far it read; after lines are appended, the next scan's figures replace them.
+#[test]
+fn status_lists_each_scanned_log_with_its_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = corpus(dir.path(), &small(16, true));
+    let ledger = dir.path().join("ledger");
+    let home = c.home.clone();
+    let status = || -> Vec<(String, String, u64, u64)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokenledger"))
+            .args(["status", "--json"])
+            .env("HOME", &home)
+            .env("TOKENLEDGER_HOME", &ledger)
+            .output()
+            .expect("run tokenledger status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["source"].as_str().unwrap().to_string(),
+                    f["path"].as_str().unwrap().to_string(),
+                    f["size"].as_u64().unwrap(),
+                    f["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let check = |files: &[(String, String, u64, u64)]| {
+        assert!(files.len() > 20, "{} files", files.len());
+        let keys: Vec<_> = files.iter().map(|f| (&f.0, &f.1)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(keys, sorted, "not in (source, path) order, or listed twice");
+        for (_, path, size, offset) in files {
+            let len = fs::metadata(path).unwrap().len();
+            assert_eq!(*size, len, "{path}");
+            assert!(offset <= size, "{path}");
+        }
+    };
+    report(&c.home, &ledger);
+    let before = status();
+    check(&before);
+    c.append_pending().unwrap();
+    report(&c.home, &ledger);
+    let after = status();
+    check(&after);
+    assert_eq!(after.len(), before.len());
+    let grown = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| a.2 > b.2 && a.3 > b.3)
+        .count();
+    assert!(grown > 0, "no appended file shows its new size");
+}
