@@ -36,6 +36,7 @@ PROVIDERS = {
 PREFIX_OK = {"moonshot", "dashscope", "deepseek", "xai", "mistral", "codestral", "zai",
              "qwen_ai_platform", "minimax", "gemini"}
 MODES = {"chat", "responses", "completion", None}
+BEDROCK_ANTHROPIC = re.compile(r"anthropic\.(claude-[a-z0-9.-]+?)(?:-v\d+)?(?::\d+)?")
 SKIP_NAME = re.compile(r"(image|audio|tts|whisper|embedding|realtime|transcribe|dall-e|"
                        r"moderation|search-preview|computer-use|-vision|davinci|babbage|"
                        r"ft:|live|veo|imagen|lyria)", re.I)
@@ -97,6 +98,20 @@ def convert(data):
             if bare in data or prov not in PREFIX_OK or "/" in bare:
                 continue
         models[name] = p
+    # Older Anthropic models (Claude Opus 4.1, Sonnet 4, 3.7 Sonnet, ...) are left in LiteLLM
+    # only under Bedrock's names. Their list price there (`anthropic.<name>-v1:0`; not the
+    # region-prefixed names, which may cost more) is kept under the name Anthropic's API and
+    # Claude Code's logs use, when LiteLLM has no entry of that name.
+    for name, v in data.items():
+        m = BEDROCK_ANTHROPIC.fullmatch(name)
+        if not m or not isinstance(v, dict) or v.get("mode") not in MODES:
+            continue
+        bare = m.group(1)
+        if bare in data or bare in models:
+            continue
+        p = price(v)
+        if p is not None:
+            models[bare] = p
     return models
 
 

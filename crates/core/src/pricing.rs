@@ -193,6 +193,29 @@ mod tests {
         assert!(p.cost(&tokens, true) > c);
     }
 
+    /// Models Claude Code wrote through 2025 that LiteLLM keeps only under Bedrock's names are
+    /// priced under the names in the logs (at Anthropic's list prices).
+    #[test]
+    fn embedded_table_prices_older_claude_models_by_their_api_names() {
+        let t = PriceTable::embedded();
+        for (model, input, output) in [
+            ("claude-opus-4-1-20250805", 15e-6, 75e-6),
+            ("claude-opus-4-20250514", 15e-6, 75e-6),
+            ("claude-sonnet-4-20250514", 3e-6, 15e-6),
+            ("claude-3-7-sonnet-20250219", 3e-6, 15e-6),
+            ("claude-3-5-haiku-20241022", 0.8e-6, 4e-6),
+        ] {
+            let p = t
+                .lookup(model)
+                .unwrap_or_else(|| panic!("{model} unpriced"));
+            assert_eq!((p.input, p.output), (input, output), "{model}");
+            assert_eq!(p.cache_read, Some(input / 10.0), "{model}");
+        }
+        // A tier above 200k prompt tokens, as Anthropic prices Sonnet 4.
+        let sonnet = t.lookup("claude-sonnet-4-20250514").unwrap();
+        assert!(sonnet.is_above(200_001) && !sonnet.is_above(200_000));
+    }
+
     #[test]
     fn embedded_table_loads() {
         let t = PriceTable::embedded();
