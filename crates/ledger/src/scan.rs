@@ -221,7 +221,7 @@ impl Ledger {
                 Ok(path) => crate::cursor_key(source.as_str(), path),
                 Err(_) => crate::cursor_key(source.as_str(), &String::from_utf8_lossy(path)),
             };
-            cursors.get(key).is_some_and(|c| c.matches(stat))
+            cursors.unchanged(key, stat)
         };
         let listings =
             DirCache::settled_now(stored, self.listing_margin_ns).with_unchanged(&unchanged);
@@ -466,6 +466,9 @@ fn load_state(conn: &Connection, key: i64) -> Result<String> {
 /// tens of thousands of cursors missed the cache at every step, for every file of a warm run).
 struct Cursors {
     sorted: Vec<(i64, Cursor)>,
+    /// The same keys in the same order, each with the [`stat_print`] of its cursor: what the
+    /// walk asks of every file, packed four to a cache line (the cursors take one each).
+    prints: Vec<(i64, u64)>,
     /// `starts[b]..starts[b + 1]`: the cursors whose key's top `bits` bits are `b`.
     starts: Vec<u32>,
     bits: u32,
@@ -486,11 +489,34 @@ impl Cursors {
             starts.push(i as u32);
         }
         starts.push(sorted.len() as u32);
+        let prints = sorted
+            .iter()
+            .map(|(k, c)| {
+                let stat = FileMeta {
+                    dev: c.dev,
+                    inode: c.inode,
+                    size: c.size,
+                    mtime_ns: c.mtime_ns,
+                };
+                (*k, stat_print(&stat))
+            })
+            .collect();
         Cursors {
             sorted,
+            prints,
             starts,
             bits,
         }
+    }
+
+    /// Whether the file of `key` has a cursor that says it is unchanged at `stat` (the same
+    /// answer as `get(key)` and [`Cursor::matches`], short of a 64-bit hash collision).
+    fn unchanged(&self, key: i64, stat: &FileMeta) -> bool {
+        let b = Self::range(key, self.bits);
+        let near = &self.prints[self.starts[b] as usize..self.starts[b + 1] as usize];
+        near.iter()
+            .find(|(k, _)| *k == key)
+            .is_some_and(|(_, print)| *print == stat_print(stat))
     }
 
     /// The range of `key`: its top bits, in an order that follows the signed keys' order.
@@ -503,6 +529,19 @@ impl Cursors {
         let near = &self.sorted[self.starts[b] as usize..self.starts[b + 1] as usize];
         near.iter().find(|(k, _)| *k == key).map(|(_, c)| c)
     }
+}
+
+/// A 64-bit digest of what [`Cursor::matches`] compares.
+fn stat_print(stat: &FileMeta) -> u64 {
+    let mut bytes = [0u8; 32];
+    for (chunk, v) in
+        bytes
+            .chunks_exact_mut(8)
+            .zip([stat.dev, stat.inode, stat.size, stat.mtime_ns as u64])
+    {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 /// Every cursor, in key order.
@@ -1641,6 +1680,44 @@ mod tests {
             let expected: Vec<_> =
                 expected.into_iter().map(|(k, v)| (k, v, k as u64)).collect();
             prop_assert_eq!(got, expected);
+        }
+
+        /// The walk's question (is this file unchanged at this stat?) gets the answer of the
+        /// full cursor for stored keys with their own stat, with any one figure changed, and
+        /// for keys not stored.
+        #[test]
+        fn unchanged_agrees_with_the_cursor(
+            mut keys in prop::collection::vec(any::<i64>(), 1..300),
+            which in 0usize..4,
+            delta in 1u64..u64::MAX,
+            probes in prop::collection::vec(any::<i64>(), 0..50),
+        ) {
+            keys.sort_unstable();
+            keys.dedup();
+            let index = Cursors::new(keys.iter().map(|k| (*k, cursor(*k))).collect());
+            for k in &keys {
+                let c = index.get(*k).unwrap();
+                let mut stat = FileMeta {
+                    dev: c.dev,
+                    inode: c.inode,
+                    size: c.size,
+                    mtime_ns: c.mtime_ns,
+                };
+                prop_assert!(index.unchanged(*k, &stat));
+                match which {
+                    0 => stat.dev = stat.dev.wrapping_add(delta),
+                    1 => stat.inode = stat.inode.wrapping_add(delta),
+                    2 => stat.size = stat.size.wrapping_add(delta),
+                    _ => stat.mtime_ns = stat.mtime_ns.wrapping_add(delta as i64),
+                }
+                prop_assert_eq!(index.unchanged(*k, &stat), c.matches(&stat));
+            }
+            let stat = FileMeta { dev: 1, inode: 0, size: 2, mtime_ns: 3 };
+            for p in &probes {
+                if keys.binary_search(p).is_err() {
+                    prop_assert!(!index.unchanged(*p, &stat));
+                }
+            }
         }
 
         /// A packed cursor unpacks to itself (every figure, both signs of the mtime); bytes of
