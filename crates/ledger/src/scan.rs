@@ -99,10 +99,17 @@ impl Cursor {
     /// Whether a file with this metadata is the one this cursor describes, unchanged (a file
     /// that is not needs reading, from its cursor's offset or again from its start).
     fn matches(&self, stat: &FileMeta) -> bool {
-        self.dev == stat.dev
-            && self.inode == stat.inode
-            && self.size == stat.size
-            && self.mtime_ns == stat.mtime_ns
+        self.stat() == *stat
+    }
+
+    /// The file's identity, size and modification time as the cursor saw them.
+    fn stat(&self) -> FileMeta {
+        FileMeta {
+            dev: self.dev,
+            inode: self.inode,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+        }
     }
 
     /// The form stored in `cursors.stat` (one column: a warm scan loads every cursor).
@@ -491,15 +498,7 @@ impl Cursors {
         starts.push(sorted.len() as u32);
         let prints = sorted
             .iter()
-            .map(|(k, c)| {
-                let stat = FileMeta {
-                    dev: c.dev,
-                    inode: c.inode,
-                    size: c.size,
-                    mtime_ns: c.mtime_ns,
-                };
-                (*k, stat_print(&stat))
-            })
+            .map(|(k, c)| (*k, stat_print(&c.stat())))
             .collect();
         Cursors {
             sorted,
@@ -574,7 +573,7 @@ impl CursorBuckets {
     const ENTRY: usize = 8 + PACKED_LEN + 8;
 
     fn bucket(key: i64) -> i64 {
-        ((key as u64 ^ (1 << 63)) >> (64 - Self::BITS)) as i64
+        Cursors::range(key, Self::BITS) as i64
     }
 
     fn encode(c: &StoredCursor, out: &mut Vec<u8>) {
@@ -924,6 +923,13 @@ impl FirstScanJournal {
     }
 }
 
+/// What a scan's transaction must hold before it commits, after its last flush: the buffered
+/// cursors in their ranges and the deferred hour totals.
+fn before_commit(tx: &Transaction, w: &mut Writer) -> Result<()> {
+    write_cursor_buckets(tx, w)?;
+    hours_from_agg(tx, w)
+}
+
 /// [`write_all`] once a batch has something to write.
 fn write_batches(
     conn: &mut Connection,
@@ -985,8 +991,7 @@ fn write_batches(
         if full || idle() {
             flush(&tx, &mut w, report)?;
             if last_commit.elapsed() >= COMMIT_EVERY {
-                write_cursor_buckets(&tx, &mut w)?;
-                hours_from_agg(&tx, &mut w)?;
+                before_commit(&tx, &mut w)?;
                 tx.commit()?;
                 // A long scan keeps the log from growing with everything it writes.
                 checkpoint(conn)?;
@@ -1003,8 +1008,7 @@ fn write_batches(
     }
     let t = std::time::Instant::now();
     flush(&tx, &mut w, report)?;
-    write_cursor_buckets(&tx, &mut w)?;
-    hours_from_agg(&tx, &mut w)?;
+    before_commit(&tx, &mut w)?;
     let t_flush = t.elapsed();
     tx.commit()?;
     if timing {
@@ -1697,12 +1701,7 @@ mod tests {
             let index = Cursors::new(keys.iter().map(|k| (*k, cursor(*k))).collect());
             for k in &keys {
                 let c = index.get(*k).unwrap();
-                let mut stat = FileMeta {
-                    dev: c.dev,
-                    inode: c.inode,
-                    size: c.size,
-                    mtime_ns: c.mtime_ns,
-                };
+                let mut stat = c.stat();
                 prop_assert!(index.unchanged(*k, &stat));
                 match which {
                     0 => stat.dev = stat.dev.wrapping_add(delta),
