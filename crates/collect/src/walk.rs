@@ -119,47 +119,84 @@ impl Walk<'_> {
     }
 }
 
-/// The Linux walk: every folder is opened relative to its parent's descriptor and every file
-/// is looked up relative to its folder's, so the kernel resolves one name per call instead of
-/// the whole path. A folder unchanged since its stored listing is not read at all (see
-/// [`crate::listing`]); one that is gets its entries read into one buffer.
+/// The Linux walk: every name is looked up relative to an open folder, so the kernel resolves
+/// a few names per call instead of the whole path. A folder unchanged since its stored listing
+/// is neither read nor even opened (see [`crate::listing`]): its identity and times are asked by
+/// name, and its files and subfolders are looked up through the nearest folder that is open.
+/// One that must be listed is opened, read into one buffer, and becomes that open folder for
+/// everything below it.
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{FileMeta, Sink, Walk};
     use crate::listing::{DirStamp, Entries, EntriesBuf, Kind};
     use rayon::prelude::*;
-    use rustix::fd::{AsFd, BorrowedFd};
+    use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
     use rustix::fs::{fstat, openat, statat, AtFlags, FileType, Mode, OFlags, RawDir, Stat, CWD};
     use std::ffi::OsStr;
     use std::mem::MaybeUninit;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};
 
-    /// Folders are opened only as places to look names up in (no read access needed, and
-    /// cheaper to open); one that must be listed is opened again to read it.
-    const DIR_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+    /// The starting folder is opened only as a place to look names up in (no read access
+    /// needed, and cheaper to open); it is opened again to read it when it must be listed.
+    const START_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
     const LIST_FLAGS: OFlags = OFlags::RDONLY
         .union(OFlags::DIRECTORY)
         .union(OFlags::CLOEXEC);
 
-    pub(super) fn run<T: Send>(walk: &Walk, dir: &Path, sink: &Sink<'_, T>) {
-        // The starting folder may itself be a link (`~/.claude` -> elsewhere): followed.
-        if let Ok(fd) = openat(CWD, dir, DIR_FLAGS, Mode::empty()) {
-            at(walk, fd.as_fd(), dir, 0, sink);
+    /// Where a folder is: `rel` from the open folder `base`, or `base` itself when `rel` is
+    /// empty.
+    #[derive(Clone, Copy)]
+    struct At<'a> {
+        base: BorrowedFd<'a>,
+        rel: &'a [u8],
+    }
+
+    impl At<'_> {
+        /// `rel/name` (or `name`) into `buf`, for looking `name` up from `base`.
+        fn name<'b>(&self, buf: &'b mut Vec<u8>, name: &[u8]) -> &'b [u8] {
+            buf.clear();
+            if !self.rel.is_empty() {
+                buf.extend_from_slice(self.rel);
+                buf.push(b'/');
+            }
+            buf.extend_from_slice(name);
+            buf
         }
     }
 
-    /// The folder `dir`, open as `fd`.
-    fn at<T: Send>(walk: &Walk, fd: BorrowedFd<'_>, dir: &Path, depth: usize, sink: &Sink<'_, T>) {
-        let subdirs = list(walk, fd, dir, depth, sink);
+    pub(super) fn run<T: Send>(walk: &Walk, dir: &Path, sink: &Sink<'_, T>) {
+        // The starting folder may itself be a link (`~/.claude` -> elsewhere): followed.
+        if let Ok(fd) = openat(CWD, dir, START_FLAGS, Mode::empty()) {
+            let here = At {
+                base: fd.as_fd(),
+                rel: &[],
+            };
+            at(walk, here, dir, 0, sink);
+        }
+    }
+
+    /// The folder `dir`, found at `here`.
+    fn at<T: Send>(walk: &Walk, here: At<'_>, dir: &Path, depth: usize, sink: &Sink<'_, T>) {
+        let (opened, subdirs) = list(walk, here, dir, depth, sink);
+        let here = match &opened {
+            Some(fd) => At {
+                base: fd.as_fd(),
+                rel: &[],
+            },
+            None => here,
+        };
         let sub = |d: &PathBuf| {
             let Some(name) = d.file_name() else {
                 return;
             };
-            // Not through links: a link cycle cannot trap the walk.
-            if let Ok(child) = openat(fd, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
-                at(walk, child.as_fd(), d, depth + 1, sink);
-            }
+            let mut rel = Vec::new();
+            here.name(&mut rel, name.as_bytes());
+            let there = At {
+                base: here.base,
+                rel: &rel,
+            };
+            at(walk, there, d, depth + 1, sink);
         };
         match subdirs.len() {
             0 => {}
@@ -168,37 +205,59 @@ mod linux {
         }
     }
 
-    /// Adds the wanted files of one folder (with metadata) to `sink`; returns the subfolders
-    /// to enter.
+    /// Adds the wanted files of one folder (with metadata) to `sink`; returns the folder
+    /// opened to read it (if it was) and the subfolders to enter.
     fn list<T: Send>(
         walk: &Walk,
-        fd: BorrowedFd<'_>,
+        here: At<'_>,
         dir: &Path,
         depth: usize,
         sink: &Sink<'_, T>,
-    ) -> Vec<PathBuf> {
+    ) -> (Option<OwnedFd>, Vec<PathBuf>) {
         let path = dir.as_os_str().as_bytes();
         // Stamped before it is read: a change after this makes the next walk read it again.
-        let stamp = fstat(fd).ok().map(|st| stamp_of(&st));
+        // Not through links (a link cycle cannot trap the walk): something that is no longer
+        // a folder is passed over.
+        let stat = if here.rel.is_empty() {
+            fstat(here.base)
+        } else {
+            statat(here.base, here.rel, AtFlags::SYMLINK_NOFOLLOW)
+        };
+        let stamp = match stat {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Some(stamp_of(&st))
+            }
+            Ok(_) => return (None, Vec::new()),
+            Err(_) => None,
+        };
         let stored = stamp.and_then(|s| walk.listings.entries(path, &s));
-        let fresh = match stored {
-            Some(_) => None,
-            None => match read(fd) {
-                Some(buf) => Some(buf),
-                None => return Vec::new(),
+        let (opened, fresh) = match stored {
+            Some(_) => (None, None),
+            None => match read(here) {
+                Some((fd, buf)) => (Some(fd), Some(buf)),
+                None => return (None, Vec::new()),
             },
+        };
+        let look = match &opened {
+            Some(fd) => At {
+                base: fd.as_fd(),
+                rel: &[],
+            },
+            None => here,
         };
         let entries = stored.unwrap_or_else(|| fresh.as_ref().map_or(&[][..], |b| &b.bytes));
         let mut files = Vec::new();
         let mut subdirs = Vec::new();
         let mut scratch = Vec::new();
+        let mut name_buf = Vec::new();
         for (kind, bytes) in Entries(entries) {
             let os = OsStr::from_bytes(bytes);
             match kind {
                 Kind::Dir if depth < walk.max_depth => subdirs.push(child(dir, bytes)),
                 Kind::Dir => {}
                 Kind::File if (walk.accept)(os) => {
-                    let meta = statat(fd, os, AtFlags::SYMLINK_NOFOLLOW)
+                    let name = look.name(&mut name_buf, bytes);
+                    let meta = statat(look.base, name, AtFlags::SYMLINK_NOFOLLOW)
                         .ok()
                         .map(|st| meta_of(&st));
                     if let Some(m) = &meta {
@@ -212,8 +271,9 @@ mod linux {
                     files.push((sink.make)(child(dir, bytes), meta));
                 }
                 Kind::Link if (walk.accept)(os) => {
+                    let name = look.name(&mut name_buf, bytes);
                     let keep = !walk.links_to_files_only
-                        || statat(fd, os, AtFlags::empty())
+                        || statat(look.base, name, AtFlags::empty())
                             .is_ok_and(|st| FileType::from_raw_mode(st.st_mode).is_file());
                     if keep {
                         files.push((sink.make)(child(dir, bytes), None));
@@ -226,13 +286,19 @@ mod linux {
         if let Some(buf) = fresh {
             walk.listings.listed(path, stamp, buf);
         }
-        subdirs
+        (opened, subdirs)
     }
 
     /// The folder's entries that can matter (folders, files, links: never a FIFO or a socket,
-    /// which opening would block on), or `None` when it cannot be read.
-    fn read(fd: BorrowedFd<'_>) -> Option<EntriesBuf> {
-        let dir = openat(fd, c".", LIST_FLAGS, Mode::empty()).ok()?;
+    /// which opening would block on), with the folder opened to read them, or `None` when it
+    /// cannot be read.
+    fn read(here: At<'_>) -> Option<(OwnedFd, EntriesBuf)> {
+        let (rel, flags) = if here.rel.is_empty() {
+            (&b"."[..], LIST_FLAGS)
+        } else {
+            (here.rel, LIST_FLAGS | OFlags::NOFOLLOW)
+        };
+        let dir = openat(here.base, rel, flags, Mode::empty()).ok()?;
         let mut buf = [MaybeUninit::<u8>::uninit(); 16 * 1024];
         let mut entries = RawDir::new(&dir, &mut buf);
         let mut out = EntriesBuf::default();
@@ -245,7 +311,7 @@ mod linux {
             let mut kind = entry.file_type();
             if kind == FileType::Unknown {
                 // Some file systems leave the type out of the entry: ask.
-                match statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                match statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) => kind = FileType::from_raw_mode(st.st_mode),
                     Err(_) => continue,
                 }
@@ -257,7 +323,7 @@ mod linux {
                 _ => {}
             }
         }
-        Some(out)
+        Some((dir, out))
     }
 
     /// `dir.join(name)` for a folder entry's name (never a `/` in it), allocated once at its

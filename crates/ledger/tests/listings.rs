@@ -146,3 +146,55 @@ fn a_scan_reads_only_changed_folders_and_misses_nothing() {
     assert!(stored(&fresh).is_empty(), "{:?}", stored(&fresh));
     assert_eq!(input_total(&fresh), 1110);
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_deep_change_under_unchanged_folders_is_found() {
+    let t = tempfile::tempdir().unwrap();
+    let claude = t.path().join("claude");
+    let projects = claude.join("projects");
+    append(&projects.join("p/s.jsonl"), &line("1", 1));
+    append(
+        &projects.join("p/s/subagents/agent-a.jsonl"),
+        &line("2", 10),
+    );
+    append(&projects.join("q/t.jsonl"), &line("3", 100));
+    let env = Env {
+        home: t.path().to_path_buf(),
+        vars: HashMap::from([("CLAUDE_CONFIG_DIR".into(), claude.display().to_string())]),
+    };
+    let c: Vec<Box<dyn Collector>> = vec![Box::new(ClaudeCollector)];
+    let mut l = Ledger::open_in(&t.path().join("ledger")).unwrap();
+    l.set_listing_margin(-10_000_000_000);
+    let r = l.scan(&c, &env, &NoProgress).unwrap();
+    assert_eq!((r.folders_read, r.files_read), (5, 3));
+
+    // Only the deepest folder changes: it is reached through three folders that are neither
+    // read nor opened, and its old and new logs are told apart.
+    append(
+        &projects.join("p/s/subagents/agent-b.jsonl"),
+        &line("4", 1000),
+    );
+    append(
+        &projects.join("p/s/subagents/agent-a.jsonl"),
+        &line("5", 10_000),
+    );
+    let r = l.scan(&c, &env, &NoProgress).unwrap();
+    assert_eq!((r.folders_read, r.folders_reused), (1, 4));
+    assert_eq!((r.files_seen, r.files_read), (4, 2));
+    assert_eq!(input_total(&l), 11_111);
+
+    // Then nothing new: the changed folder's listing was remembered.
+    let r = l.scan(&c, &env, &NoProgress).unwrap();
+    assert_eq!((r.folders_read, r.bytes_read), (0, 0));
+
+    // A file in a reused folder that turns into a folder, and a reused folder that turns into
+    // a file, lose nothing already counted and break nothing.
+    std::fs::remove_file(projects.join("q/t.jsonl")).unwrap();
+    std::fs::create_dir(projects.join("q/t.jsonl")).unwrap();
+    std::fs::remove_dir_all(projects.join("p/s/subagents")).unwrap();
+    std::fs::write(projects.join("p/s/subagents"), "not a folder").unwrap();
+    let r = l.scan(&c, &env, &NoProgress).unwrap();
+    assert_eq!(r.files_read, 0);
+    assert_eq!(input_total(&l), 11_111);
+}
