@@ -405,3 +405,54 @@ fn malformed_lines_are_counted_on_stderr_and_the_report_completes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("s1.jsonl:2: invalid JSON"), "{err}");
 }
+
+/// Many sessions in one scan: the readers hand the writer their files in batches whose
+/// strings (sessions, projects, models, paths) share one buffer and whose buffers are reused
+/// batch after batch; each session must still get exactly its own tokens and model.
+#[test]
+fn many_sessions_in_one_scan_each_keep_their_own_tokens() {
+    let h = Home::new();
+    let mut expected = Vec::new();
+    for i in 0..300u64 {
+        let session = format!("sess-{i:03}");
+        let model = format!("claude-m{}", i % 7);
+        // A few sessions are long enough to fill a batch on their own.
+        let n = if i % 97 == 0 { 5000 } else { 1 + i % 5 };
+        let lines: Vec<(String, String, String, u64, u64)> = (0..n)
+            .map(|k| {
+                let ts = format!("2025-10-{:02}T{:02}:{:02}:00Z", 1 + i % 28, k % 24, k % 60);
+                (ts, model.clone(), format!("m{i}-{k}"), i + 1, k + 1)
+            })
+            .collect();
+        let refs: Vec<(&str, &str, &str, u64, u64)> = lines
+            .iter()
+            .map(|(t, m, id, a, b)| (t.as_str(), m.as_str(), id.as_str(), *a, *b))
+            .collect();
+        h.claude(&session, &refs);
+        let total: u64 = lines.iter().map(|l| l.3 + l.4).sum();
+        expected.push((session, model, total));
+    }
+    let v = h.json(&["report", "session", "--json", "-z", "UTC"]);
+    let mut rows: Vec<(String, String, u64)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["project"], "/work/demo");
+            let models: Vec<&str> = r["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap())
+                .collect();
+            assert_eq!(models.len(), 1, "{r}");
+            (
+                r["session"].as_str().unwrap().to_string(),
+                models[0].to_string(),
+                r["total_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(rows, expected);
+}
