@@ -24,6 +24,26 @@ case "$CCJS" in *.js) CC=(node "$CCJS") ;; *) CC=("$CCJS") ;; esac
 # a shared machine falls on all of them alike; the summary takes medians.
 RUNS="${BENCH_RUNS:-3}"
 
+# Every measured run, of every contender, starts with the corpus and the contenders' own
+# programs (tokenledger; node and the ccusage package with its native binary) in the page
+# cache. This machine's kernel drops file pages left idle for a few seconds even with memory
+# free (of a corpus read 20 s earlier, ~13 MB in 735 files had to be read from disk again), and
+# that fell unevenly: a run found in memory what the runs just before it had read, and waited
+# on the disk for the rest (a first scan 6 s after a full read of the corpus took 1.04-1.11 s
+# against 0.97-1.01 s right after one; `ccusage opencode` 3 s after its last run took
+# 0.38-0.42 s against 0.22 s right after it, as node's own pages went).
+warm_corpus() {
+  local node ccdir
+  node="$(command -v node || true)"
+  # The whole node_modules folder of an npm install; a native binary given directly, alone.
+  case "$CCJS" in *.js) ccdir="$(dirname "$(dirname "$(dirname "$CCJS")")")" ;; *) ccdir="$CCJS" ;; esac
+  {
+    if [ -n "${HOME_DIR:-}" ]; then find "$HOME_DIR" -type f -print0; fi
+    find "$TL" "$ccdir" -type f -print0 2>/dev/null
+    if [ -n "$node" ]; then printf '%s\0' "$(readlink -f "$node")"; fi
+  } | xargs -0 cat >/dev/null 2>&1 || true
+}
+
 # measure NAME CMD... -> appends "NAME wall_seconds max_rss_kb" to $OUT/measure.txt. The
 # wall time and peak RSS come from tokenledger-measure (crates/testkit), which spawns the
 # command, reaps it and reads the clock and the kernel's ru_maxrss around nothing else: timing
@@ -32,6 +52,7 @@ RUNS="${BENCH_RUNS:-3}"
 measure() {
   local name="$1"; shift
   local log="$OUT/time-$name.txt"
+  warm_corpus
   "$MEASURE" --out "$log" -- "$@" >"$OUT/stdout-$name.txt" 2>"$OUT/stderr-$name.txt" || {
     echo "$name failed; see $OUT/stderr-$name.txt" >&2; cat "$OUT/stderr-$name.txt" >&2; exit 1; }
   local wall rss code
