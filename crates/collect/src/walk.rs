@@ -250,6 +250,7 @@ mod linux {
         let mut subdirs = Vec::new();
         let mut scratch = Vec::new();
         let mut name_buf = Vec::new();
+        let mut dropped = 0;
         for (kind, bytes) in Entries(entries) {
             let os = OsStr::from_bytes(bytes);
             match kind {
@@ -265,6 +266,7 @@ mod linux {
                             .listings
                             .drops(walk.source, &mut scratch, path, bytes, m)
                         {
+                            dropped += 1;
                             continue;
                         }
                     }
@@ -283,6 +285,7 @@ mod linux {
             }
         }
         sink.add(files);
+        walk.listings.count_dropped(dropped);
         if let Some(buf) = fresh {
             walk.listings.listed(path, stamp, buf);
         }
