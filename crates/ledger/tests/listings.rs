@@ -55,6 +55,21 @@ fn stored(l: &Ledger) -> Vec<String> {
     rows
 }
 
+/// Claude Code's logs under `claude` (in a home at `home`), its collector, and a ledger in
+/// `home/ledger` where folders count as settled at once (the margin itself is tested in the
+/// collector).
+#[cfg(target_os = "linux")]
+fn claude_scan(home: &Path, claude: &Path) -> (Env, Vec<Box<dyn Collector>>, Ledger) {
+    let env = Env {
+        home: home.to_path_buf(),
+        vars: HashMap::from([("CLAUDE_CONFIG_DIR".into(), claude.display().to_string())]),
+    };
+    let c: Vec<Box<dyn Collector>> = vec![Box::new(ClaudeCollector)];
+    let mut l = Ledger::open_in(&home.join("ledger")).unwrap();
+    l.set_listing_margin(-10_000_000_000);
+    (env, c, l)
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_scan_reads_only_changed_folders_and_misses_nothing() {
@@ -71,14 +86,7 @@ fn a_scan_reads_only_changed_folders_and_misses_nothing() {
     for d in folders {
         backdate(&projects.join(d));
     }
-    let env = Env {
-        home: t.path().to_path_buf(),
-        vars: HashMap::from([("CLAUDE_CONFIG_DIR".into(), claude.display().to_string())]),
-    };
-    let c: Vec<Box<dyn Collector>> = vec![Box::new(ClaudeCollector)];
-    let mut l = Ledger::open_in(&t.path().join("ledger")).unwrap();
-    // Folders count as settled at once here (the margin itself is tested in the collector).
-    l.set_listing_margin(-10_000_000_000);
+    let (env, c, mut l) = claude_scan(t.path(), &claude);
 
     let r = l.scan(&c, &env, &NoProgress).unwrap();
     assert_eq!((r.folders_read, r.folders_reused), (5, 0));
@@ -159,13 +167,7 @@ fn a_deep_change_under_unchanged_folders_is_found() {
         &line("2", 10),
     );
     append(&projects.join("q/t.jsonl"), &line("3", 100));
-    let env = Env {
-        home: t.path().to_path_buf(),
-        vars: HashMap::from([("CLAUDE_CONFIG_DIR".into(), claude.display().to_string())]),
-    };
-    let c: Vec<Box<dyn Collector>> = vec![Box::new(ClaudeCollector)];
-    let mut l = Ledger::open_in(&t.path().join("ledger")).unwrap();
-    l.set_listing_margin(-10_000_000_000);
+    let (env, c, mut l) = claude_scan(t.path(), &claude);
     let r = l.scan(&c, &env, &NoProgress).unwrap();
     assert_eq!((r.folders_read, r.files_read), (5, 3));
 
