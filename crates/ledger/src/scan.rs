@@ -661,17 +661,13 @@ impl CursorBuckets {
 type KeySet = HashSet<i64, KeyBuild>;
 
 /// A file read by a worker: its new cursor. Its path and parser state are in its batch's
-/// `text` (and, once the writer holds it, in the writer's `texts[text]`).
+/// `text` (once the writer holds it, in the writer's `texts`, at the index kept beside it).
 struct FileDone {
     key: i64,
     source: Source,
-    text: u32,
     path: Span,
-    stat: FileMeta,
-    offset: u64,
+    cursor: Cursor,
     state: Span,
-    head_len: u64,
-    head_hash: u64,
     /// Whether the ledger had a cursor for the file.
     known: bool,
 }
@@ -738,7 +734,7 @@ impl Shells {
     /// file with very many events, is let go: memory stays bounded).
     fn give(&self, mut b: Batch) {
         debug_assert!(b.files.is_empty() && b.events.is_empty() && b.skipped.is_empty());
-        if b.events.capacity() > 2 * BATCH_EVENTS || b.text.capacity() > 1 << 20 {
+        if b.events.capacity() > 2 * BATCH_EVENTS || b.text.capacity() > REUSED_TEXT_MAX {
             return;
         }
         b.dims.clear();
@@ -818,13 +814,17 @@ impl Batch {
         self.files.push(FileDone {
             key: w.key,
             source: w.file.source,
-            text: 0,
             path,
-            stat: w.stat,
-            offset: scan.offset,
+            cursor: Cursor {
+                dev: w.stat.dev,
+                inode: w.stat.inode,
+                size: w.stat.size,
+                mtime_ns: w.stat.mtime_ns,
+                offset: scan.offset,
+                head_len,
+                head_hash,
+            },
             state,
-            head_len,
-            head_hash,
             known: w.known,
         });
     }
@@ -885,8 +885,9 @@ struct Writer {
     names: Names,
     /// Events waiting for the next flush: `model` a [`Names`] id, `dim` a dims row id.
     pending: Vec<Pending>,
-    files: Vec<FileDone>,
-    /// The texts of the batches that `files` came from (see [`FileDone::text`]).
+    /// Files waiting for the next flush, each with the index in `texts` of its batch's text.
+    files: Vec<(u32, FileDone)>,
+    /// The texts of the batches that `files` came from.
     texts: Vec<String>,
     /// Emptied texts, for the batches given back to the workers.
     spare_texts: Vec<String>,
@@ -1051,7 +1052,6 @@ fn write_batches(
         report.skipped.append(&mut batch.skipped);
         events += batch.events.len();
         buffer(&tx, &mut w, &mut batch)?;
-        batch.text = w.spare_texts.pop().unwrap_or_default();
         shells.give(batch);
         w.phases[0] += t.elapsed();
         let full = w.pending.len() >= PENDING_LIMIT || w.files.len() >= FILES_PER_FLUSH;
@@ -1240,7 +1240,8 @@ fn dim_id(
 }
 
 /// Moves a batch's events (with its ids mapped to the ledger's) and cursors into the buffers.
-/// The batch is left empty (its text taken when it has files), for the workers to reuse.
+/// The batch is left empty for the workers to reuse (its text, when it has files, kept until
+/// they are written and replaced by a spare one).
 fn buffer(tx: &Transaction, w: &mut Writer, batch: &mut Batch) -> Result<()> {
     let text = &batch.text;
     for (hash, session, project) in &batch.dims {
@@ -1258,9 +1259,9 @@ fn buffer(tx: &Transaction, w: &mut Writer, batch: &mut Batch) -> Result<()> {
     }
     if !batch.files.is_empty() {
         let at = w.texts.len() as u32;
-        w.files
-            .extend(batch.files.drain(..).map(|f| FileDone { text: at, ..f }));
-        w.texts.push(std::mem::take(&mut batch.text));
+        w.files.extend(batch.files.drain(..).map(|f| (at, f)));
+        let spare = w.spare_texts.pop().unwrap_or_default();
+        w.texts.push(std::mem::replace(&mut batch.text, spare));
     }
     Ok(())
 }
@@ -1608,9 +1609,9 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
     let mut name_again = tx.prepare_cached(
         "INSERT OR IGNORE INTO cursor_files (key, source, path, state) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    w.files.sort_unstable_by_key(|f| f.key);
-    for f in w.files.drain(..) {
-        let text = &w.texts[f.text as usize];
+    w.files.sort_unstable_by_key(|(_, f)| f.key);
+    for (at, f) in w.files.drain(..) {
+        let text = &w.texts[at as usize];
         let (path, state) = (f.path.of(text), f.state.of(text));
         let values = params![f.key, f.source.as_str(), path, state];
         if !f.known {
@@ -1620,20 +1621,12 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
         }
         w.cursors.push(StoredCursor {
             key: f.key,
-            cursor: Cursor {
-                dev: f.stat.dev,
-                inode: f.stat.inode,
-                size: f.stat.size,
-                mtime_ns: f.stat.mtime_ns,
-                offset: f.offset,
-                head_len: f.head_len,
-                head_hash: f.head_hash,
-            },
+            cursor: f.cursor,
             last_scan: w.now,
         });
     }
     for mut t in w.texts.drain(..) {
-        if t.capacity() <= 1 << 20 && w.spare_texts.len() < SPARE_TEXTS {
+        if t.capacity() <= REUSED_TEXT_MAX && w.spare_texts.len() < SPARE_TEXTS {
             t.clear();
             w.spare_texts.push(t);
         }
@@ -1647,6 +1640,10 @@ fn write_cursors(tx: &Transaction, w: &mut Writer) -> Result<()> {
 /// Emptied batch texts the writer keeps for the batches it gives back (more than the batches
 /// in flight at once is no use).
 const SPARE_TEXTS: usize = 256;
+
+/// The largest batch text kept for reuse, in bytes of capacity (a larger one, grown for a file
+/// with very long paths or parser states, is let go: memory stays bounded).
+const REUSED_TEXT_MAX: usize = 1 << 20;
 
 /// Cursors buffered before their ranges are written (memory bound: ~80 bytes each). A first
 /// scan of ~47,000 files writes each range once, at its commit.
