@@ -152,7 +152,20 @@ mod linux {
         rel: &'a [u8],
     }
 
-    impl At<'_> {
+    impl<'a> At<'a> {
+        /// The open folder `fd` itself.
+        fn folder(fd: BorrowedFd<'a>) -> At<'a> {
+            At { base: fd, rel: &[] }
+        }
+
+        /// Where names in this folder are looked up from: the folder itself once `opened`.
+        fn through<'b>(self, opened: &'b Option<OwnedFd>) -> At<'b>
+        where
+            'a: 'b,
+        {
+            opened.as_ref().map_or(self, |fd| At::folder(fd.as_fd()))
+        }
+
         /// `rel/name` (or `name`) into `buf`, for looking `name` up from `base`.
         fn name<'b>(&self, buf: &'b mut Vec<u8>, name: &[u8]) -> &'b [u8] {
             buf.clear();
@@ -168,24 +181,14 @@ mod linux {
     pub(super) fn run<T: Send>(walk: &Walk, dir: &Path, sink: &Sink<'_, T>) {
         // The starting folder may itself be a link (`~/.claude` -> elsewhere): followed.
         if let Ok(fd) = openat(CWD, dir, START_FLAGS, Mode::empty()) {
-            let here = At {
-                base: fd.as_fd(),
-                rel: &[],
-            };
-            at(walk, here, dir, 0, sink);
+            at(walk, At::folder(fd.as_fd()), dir, 0, sink);
         }
     }
 
     /// The folder `dir`, found at `here`.
     fn at<T: Send>(walk: &Walk, here: At<'_>, dir: &Path, depth: usize, sink: &Sink<'_, T>) {
         let (opened, subdirs) = list(walk, here, dir, depth, sink);
-        let here = match &opened {
-            Some(fd) => At {
-                base: fd.as_fd(),
-                rel: &[],
-            },
-            None => here,
-        };
+        let here = here.through(&opened);
         let sub = |d: &PathBuf| {
             let Some(name) = d.file_name() else {
                 return;
@@ -238,13 +241,7 @@ mod linux {
                 None => return (None, Vec::new()),
             },
         };
-        let look = match &opened {
-            Some(fd) => At {
-                base: fd.as_fd(),
-                rel: &[],
-            },
-            None => here,
-        };
+        let look = here.through(&opened);
         let entries = stored.unwrap_or_else(|| fresh.as_ref().map_or(&[][..], |b| &b.bytes));
         let mut files = Vec::new();
         let mut subdirs = Vec::new();
